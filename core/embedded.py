@@ -20,14 +20,14 @@ recipe; the plugin resolves them before Axolotl validates the config):
 from __future__ import annotations
 
 import importlib.util
-import logging
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from proofkd.io import atomic_path, cache_dir, exclusive
+from proofkd.logs import get_logger
 
-LOG = logging.getLogger(__name__)
+LOG = get_logger(__name__)
 
 PREFIX = "proofkd:"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -102,9 +102,7 @@ def _int_param(ref: str, params: dict[str, str], key: str, default: int | None =
 def _check_keys(ref: str, params: dict[str, str], allowed: set[str]) -> None:
     unknown = set(params) - allowed
     if unknown:
-        raise EmbeddedReferenceError(
-            f"{ref!r}: unknown parameter(s) {sorted(unknown)}; allowed: {sorted(allowed)}"
-        )
+        raise EmbeddedReferenceError(f"{ref!r}: unknown parameter(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
 
 
 def _smollm2(ref: str, params: dict[str, str]) -> tuple[str, Callable[[Path], None]]:

@@ -89,9 +89,7 @@ def find_derivation_span(
     return start_at + len(start_marker), end_at
 
 
-def token_span_mask(
-    offsets: list[tuple[int, int]], span: tuple[int, int] | None
-) -> list[int]:
+def token_span_mask(offsets: list[tuple[int, int]], span: tuple[int, int] | None) -> list[int]:
     """1 for each token that begins inside the character span, else 0.
 
     A token belongs to the derivation when its first character lies in

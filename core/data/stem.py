@@ -198,7 +198,7 @@ def definite_integral(rng: random.Random) -> dict:
         f"Evaluate the integral of ({a}x^2 + ({c})) dx from x = 0 to x = {upper}.",
         [
             f"An antiderivative is F(x) = ({a}/3)x^3 + ({c})x.",
-            f"F({upper}) = ({a}/3)({upper ** 3}) + ({c})({upper}) = {fmt(Fraction(a * upper ** 3, 3))} + ({c * upper}) = {fmt(value)}.",
+            f"F({upper}) = ({a}/3)({upper**3}) + ({c})({upper}) = {fmt(Fraction(a * upper**3, 3))} + ({c * upper}) = {fmt(value)}.",
             "F(0) = 0, so the integral equals F(" + str(upper) + ") - F(0).",
         ],
         fmt(value),

@@ -228,9 +228,7 @@ def _check_shapes(student_hidden, student_weight, teacher_hidden, teacher_weight
         )
     n = student_hidden.shape[0]
     if labels.shape != (n,) or proof_mask.shape != (n,):
-        raise ValueError(
-            f"labels {tuple(labels.shape)} and proof_mask {tuple(proof_mask.shape)} must both be ({n},)"
-        )
+        raise ValueError(f"labels {tuple(labels.shape)} and proof_mask {tuple(proof_mask.shape)} must both be ({n},)")
     if kd_coef != 0:
         if teacher_hidden is None or teacher_weight is None:
             raise ValueError("kd_coef is not 0, so teacher_hidden and teacher_weight are required")

@@ -43,7 +43,7 @@ class LossStats:
 
     def means(self, temperature: float) -> dict[str, float]:
         """The logged figures: mean CE on proof and other tokens, mean KL, weighted CE."""
-        s = dict(zip(FIELDS, self.sums.tolist()))
+        s = dict(zip(FIELDS, self.sums.tolist(), strict=True))
         tokens = s["proof_tokens"] + s["other_tokens"]
 
         def ratio(num: float, den: float) -> float:

@@ -91,13 +91,17 @@ def relative_error(fast, ref):
 
 
 def test_extreme_logits_stay_finite_and_exact(seed):
-    """Logits in the thousands: float32 keeps about 1e-7 * |logit| absolute error, nothing worse."""
+    """Logits in the thousands: float32 rounds them to about 1e-7 * |logit|; nothing worse may happen.
+
+    Here |logit| reaches a few thousand, so round-off alone gives relative errors up to ~1e-5;
+    a genuine error (a lost term, a wrong shift) shows up as 1e-2 or worse.
+    """
     inputs = make_inputs(seed, scale=300.0)
     fast = run(proof_kd_loss, inputs, 2.5, chunk_size=7)
     ref = run(proof_kd_loss_reference, inputs, 2.5)
     assert all(torch.isfinite(t).all() for t in (fast[0], fast[2], fast[3]))
     for index, name in ((0, "loss"), (2, "grad of student hidden"), (3, "grad of student weight")):
-        assert relative_error(fast[index], ref[index]) < 1e-5, name
+        assert relative_error(fast[index], ref[index]) < 1e-4, name
 
 
 def test_teacher_with_zero_probability_tokens(seed):
@@ -135,9 +139,7 @@ def test_micro_batches_with_step_denominators_add_up_to_the_whole_batch(seed):
     d_ce = valid.sum() + (2.5 - 1.0) * (proof.bool() & valid).sum()
     whole, _ = proof_kd_loss(hs, ws, ht, wt, labels, proof, 2.5)
     parts = sum(
-        proof_kd_loss(
-            hs[s], ws, ht[s], wt, labels[s], proof[s], 2.5, ce_denominator=d_ce, kd_denominator=d_kd
-        )[0]
+        proof_kd_loss(hs[s], ws, ht[s], wt, labels[s], proof[s], 2.5, ce_denominator=d_ce, kd_denominator=d_kd)[0]
         for s in (slice(0, 13), slice(13, 31), slice(31, 40))
     )
     assert torch.allclose(whole, parts, rtol=1e-6), (whole.item(), parts.item())

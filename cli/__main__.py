@@ -1,0 +1,3 @@
+from proofkd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,123 @@
+"""`proofkd quickstart`: the whole Stage-1 chain on the embedded default, on a CPU, offline.
+
+1. materialise the teacher (SmolLM2-135M-Instruct from the packaged GGUF) and
+   the student made from it, and generate the STEM data (all cached);
+2. measure the student against the teacher on held-out rows;
+3. run `axolotl train` on the CPU twin recipe;
+4. measure again, and print and save the before/after table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from proofkd import embedded
+from proofkd.logs import get_logger
+
+LOG = get_logger("proofkd.quickstart")
+
+DEFAULT_RECIPE = Path("yaml/quickstart/stage1_kd.yml")
+
+
+def _resolve(value: str) -> Path:
+    return embedded.resolve(value) if embedded.is_reference(value) else Path(value)
+
+
+def _rows(path: Path) -> list[dict]:
+    with path.open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def _measure(student_path: Path, teacher_path: Path, rows: list[dict], sequence_len: int, desc: str) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from proofkd.plugin.evaluate import heldout_metrics
+
+    tokenizer = AutoTokenizer.from_pretrained(teacher_path)
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_path, dtype=torch.float32)
+    student = AutoModelForCausalLM.from_pretrained(student_path, dtype=torch.float32)
+    return heldout_metrics(student, teacher, tokenizer, rows, sequence_len=sequence_len, desc=desc)
+
+
+def format_table(before: dict, after: dict, teacher: dict | None = None) -> str:
+    rows = [
+        ("KL(teacher || student), T=1, nats/token", "kl"),
+        ("student CE, all tokens", "ce"),
+        ("student CE, derivation tokens", "ce_proof"),
+        ("student CE, other tokens", "ce_other"),
+    ]
+    head = "| held-out metric | before | after |" + (" teacher |" if teacher else "")
+    rule = "|---|---:|---:|" + ("---:|" if teacher else "")
+    lines = [head, rule]
+    for label, key in rows:
+        line = f"| {label} | {before[key]:.3f} | {after[key]:.3f} |"
+        if teacher:
+            line += f" {teacher[key]:.3f} |"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def run(recipe: Path = DEFAULT_RECIPE, output_dir: Path = Path("outputs/quickstart")) -> dict:
+    if not recipe.is_file():
+        raise SystemExit(
+            f"recipe {recipe} not found: run `proofkd quickstart` from the repository root, or pass --recipe"
+        )
+    started = time.monotonic()
+    cfg = yaml.safe_load(recipe.read_text(encoding="utf-8"))
+    LOG.info("step 1/4: materialising the embedded teacher, student and data (cached after the first run)")
+    teacher_path = _resolve(cfg["proofkd_teacher"])
+    student_path = _resolve(cfg["base_model"])
+    heldout = _rows(_resolve(cfg["test_datasets"][0]["path"]))
+    _resolve(cfg["datasets"][0]["path"])
+    sequence_len = int(cfg.get("sequence_len", 512))
+
+    LOG.info("step 2/4: measuring the student before training on %d held-out rows", len(heldout))
+    before = _measure(student_path, teacher_path, heldout, sequence_len, "before")
+
+    trained = output_dir / "student"
+    LOG.info("step 3/4: axolotl train %s -> %s", recipe, trained)
+    command = [
+        sys.executable,
+        "-m",
+        "axolotl.cli.main",
+        "train",
+        str(recipe),
+        "--launcher",
+        "python",
+        "--output-dir",
+        str(trained),
+        "--dataset-prepared-path",
+        str(output_dir / "prepared"),
+    ]
+    env = dict(os.environ)
+    env.setdefault("AXOLOTL_DO_NOT_TRACK", "1")
+    subprocess.run(command, check=True, env=env)
+
+    LOG.info("step 4/4: measuring the trained student on the same rows")
+    after = _measure(trained, teacher_path, heldout, sequence_len, "after")
+    teacher = _measure(teacher_path, teacher_path, heldout, sequence_len, "teacher")
+
+    summary = {
+        "recipe": str(recipe),
+        "heldout_rows": len(heldout),
+        "heldout_tokens": before["tokens"],
+        "before": before,
+        "after": after,
+        "teacher": teacher,
+        "wall_seconds": round(time.monotonic() - started, 1),
+    }
+    table = format_table(before, after, teacher)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    (output_dir / "summary.md").write_text(table + "\n", encoding="utf-8")
+    print("\nproofkd quickstart: distillation on the embedded default\n")
+    print(table)
+    print(f"\nwall time {summary['wall_seconds']:.0f} s; trained student in {trained}; summary in {output_dir}")
+    return summary

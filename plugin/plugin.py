@@ -1,0 +1,161 @@
+"""`ProofKDPlugin`: Stage-1 proof-weighted distillation from an online teacher, inside Axolotl.
+
+List it in a recipe:
+
+    plugins:
+      - proofkd.plugin.ProofKDPlugin
+    proofkd_teacher: Qwen/Qwen3-30B-A3B-Instruct-2507
+    datasets:
+      - path: ...
+        type: proofkd.plugin.prompt_strategies.stage1
+
+What each Axolotl hook does here:
+
+- `register`: resolves `proofkd:` embedded references (models, data) to cached
+  paths, and keys the prepared-dataset folder on the proof markers, since
+  Axolotl's own dataset hash does not cover plugin settings. A multi-process
+  launch without an accelerator joins a gloo process group here.
+- `load_datasets`: runs after Axolotl normalises the config and before the
+  model loads; it only corrects the device map of a multi-process launch on a
+  machine without an accelerator (`proofkd.plugin.cpu_launch`), then lets
+  Axolotl load the data as usual.
+- `pre_model_load`: refuses a teacher whose tokenizer differs from the
+  student's, before the student is loaded.
+- `get_trainer_cls`, `get_collator_cls_and_kwargs`, `get_training_args`: the
+  trainer, the collator that pads `proof_mask`, and `remove_unused_columns:
+  false` so the mask reaches the trainer.
+- `post_trainer_create`: loads the teacher on each rank's device, checks both
+  output heads and the vocabulary rows, attaches the teacher, and logs how many
+  rows had a whole, truncated or missing derivation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+
+from axolotl.integrations.base import BasePlugin
+
+from proofkd import embedded
+from proofkd.logs import enable_console_logging, get_logger
+from proofkd.plugin import cpu_launch
+from proofkd.plugin.collator import ProofSpanCollator
+from proofkd.plugin.heads import output_head, verify_linear_head
+from proofkd.plugin.teacher import InProcessTeacher, TeacherSpec, check_compatible
+from proofkd.plugin.trainer import JsonlLogCallback, ProofKDConfig, ProofKDTrainer
+from proofkd.templates import FINAL_ANSWER_MARKER, PROOF_MARKER
+from proofkd.tokenize import SpanStatus
+
+LOG = get_logger(__name__)
+
+PLUGIN_PATH = "proofkd.plugin.ProofKDPlugin"
+DEFAULT_PREPARED_PATH = "last_run_prepared"
+
+
+def resolve_embedded_references(cfg) -> None:
+    """Replace every `proofkd:` reference in the model and dataset keys with its cached path."""
+    for key in ("base_model", "base_model_config", "tokenizer_config", "proofkd_teacher"):
+        if embedded.is_reference(cfg.get(key)):
+            cfg[key] = str(embedded.resolve(cfg[key]))
+    for list_key in ("datasets", "test_datasets"):
+        for dataset in cfg.get(list_key) or []:
+            if embedded.is_reference(dataset.get("path")):
+                dataset["path"] = str(embedded.resolve(dataset["path"]))
+                dataset.setdefault("ds_type", "json")
+
+
+def data_fingerprint(cfg) -> str:
+    """A short hash of the plugin settings that change tokenised rows."""
+    markers = (
+        cfg.get("proofkd_proof_start_marker") or PROOF_MARKER,
+        cfg.get("proofkd_proof_end_marker") or FINAL_ANSWER_MARKER,
+    )
+    return hashlib.sha256("\x00".join(markers).encode()).hexdigest()[:10]
+
+
+def count_span_statuses(dataset) -> Counter | None:
+    column = "proofkd_span_status"
+    names = getattr(dataset, "column_names", None)
+    if not names or column not in names:
+        return None
+    return Counter(SpanStatus(v).name.lower() for v in dataset[column])
+
+
+class ProofKDPlugin(BasePlugin):
+    """Axolotl plugin for proof-weighted KD with an online teacher (see module docstring)."""
+
+    def get_input_args(self):
+        return "proofkd.plugin.args.ProofKDArgs"
+
+    def register(self, cfg):
+        enable_console_logging()
+        if cpu_launch.is_cpu_multiprocess():
+            cpu_launch.start_cpu_process_group()
+        resolve_embedded_references(cfg)
+        prepared = cfg.get("dataset_prepared_path") or DEFAULT_PREPARED_PATH
+        cfg["dataset_prepared_path"] = f"{prepared}/proofkd-{data_fingerprint(cfg)}"
+
+    def load_datasets(self, cfg, preprocess=False):
+        if cpu_launch.is_cpu_multiprocess():
+            cpu_launch.place_models_on_cpu(cfg)
+        return None
+
+    def pre_model_load(self, cfg):
+        if not cfg.proofkd_kd_coef:
+            return
+        from transformers import AutoTokenizer
+
+        student = AutoTokenizer.from_pretrained(cfg.tokenizer_config or cfg.base_model)
+        teacher = AutoTokenizer.from_pretrained(cfg.proofkd_teacher)
+        check_compatible(student, teacher, student_rows=len(student), teacher_rows=len(teacher))
+
+    def get_trainer_cls(self, cfg):
+        return ProofKDTrainer
+
+    def get_training_args(self, cfg):
+        return {"remove_unused_columns": False}
+
+    def get_collator_cls_and_kwargs(self, cfg, is_eval=False):
+        return ProofSpanCollator, {}
+
+    def post_trainer_create(self, cfg, trainer):
+        if not isinstance(trainer, ProofKDTrainer):
+            raise TypeError(
+                f"{PLUGIN_PATH} needs its own trainer, but {type(trainer).__name__} was built; "
+                "remove trainer_cls and other plugins that replace the trainer"
+            )
+        model = trainer.model
+        verify_linear_head(model, model.get_input_embeddings().weight.new_ones(1, 8, dtype=int))
+        teacher, kl_vocab = None, None
+        if cfg.proofkd_kd_coef:
+            spec = TeacherSpec(
+                name_or_path=cfg.proofkd_teacher,
+                device=cfg.proofkd_teacher_device,
+                dtype=cfg.proofkd_teacher_dtype,
+                load_in_8bit=cfg.proofkd_teacher_load_in_8bit,
+                kwargs=dict(cfg.proofkd_teacher_kwargs or {}),
+            )
+            teacher = InProcessTeacher.load(spec, cfg, trainer.accelerator, trainer.args.device)
+            from transformers import AutoTokenizer
+
+            kl_vocab = check_compatible(
+                trainer.processing_class,
+                AutoTokenizer.from_pretrained(cfg.proofkd_teacher),
+                student_rows=output_head(model).weight.shape[0],
+                teacher_rows=teacher.vocab_rows,
+            )
+        trainer.attach(ProofKDConfig.from_cfg(cfg), teacher, kl_vocab)
+        for name, dataset in (("train", trainer.train_dataset), ("eval", trainer.eval_dataset)):
+            counts = count_span_statuses(dataset)
+            if counts:
+                LOG.info(
+                    "proofkd %s rows: %d with the whole derivation, %d with it cut by sequence_len "
+                    "(the part inside the window is weighted), %d without a derivation (weight 1 throughout)",
+                    name,
+                    counts["whole"],
+                    counts["truncated"],
+                    counts["none"],
+                )
+
+    def add_callbacks_post_trainer(self, cfg, trainer):
+        return [JsonlLogCallback()]

@@ -1,0 +1,183 @@
+"""The online teacher: loaded once, frozen, run per batch to its final hidden states.
+
+The in-process teacher sits on its own device and dtype. Placement follows the
+launch: one process puts it on `proofkd_teacher_device` (by default the
+student's device); under a multi-process launch each rank gets its own copy
+on its own device (DDP), or the teacher is sharded like the student (FSDP via
+accelerate; ZeRO-3 through a DeepSpeed inference engine). The teacher's output
+weight is kept as one full, frozen tensor on the student's device, because
+the loss head needs all of it in every chunk.
+
+Vocabulary: student and teacher must share a tokenizer. Their embedding
+matrices may still have different numbers of rows (Qwen3 pads 151,669 tokens
+to 151,936 rows); the KL then runs over the rows both have, which must cover
+every real token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from proofkd.logs import get_logger
+from proofkd.plugin.heads import final_hidden_states, output_head, verify_linear_head
+
+LOG = get_logger(__name__)
+
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+class TeacherMismatchError(ValueError):
+    """Teacher and student cannot be distilled into one another as configured."""
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    name_or_path: str
+    device: str = "auto"
+    dtype: str = "auto"
+    load_in_8bit: bool = False
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_dtype(spec_dtype: str, cfg) -> torch.dtype:
+    """'auto' follows the run: bf16 if `bf16`, fp16 if `fp16`, else float32."""
+    if spec_dtype != "auto":
+        return _DTYPES[spec_dtype]
+    if cfg.bf16 is True or cfg.bf16 == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    if cfg.fp16:
+        return torch.float16
+    return torch.float32
+
+
+def resolve_device(spec_device: str, training_device: torch.device, world_size: int) -> torch.device:
+    if spec_device == "auto":
+        return training_device
+    device = torch.device(spec_device)
+    if world_size > 1 and device != training_device:
+        LOG.warning(
+            "proofkd_teacher_device=%s under %d processes: every rank puts its teacher there; "
+            "use 'auto' to give each rank its own device",
+            spec_device,
+            world_size,
+        )
+    return device
+
+
+def check_compatible(student_tokenizer, teacher_tokenizer, student_rows: int, teacher_rows: int) -> int:
+    """Raise `TeacherMismatchError` unless the two can be distilled; return the KL's vocabulary rows."""
+    s_vocab, t_vocab = student_tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
+    if s_vocab != t_vocab:
+        differing = sorted(set(s_vocab.items()) ^ set(t_vocab.items()), key=lambda kv: kv[1])
+        examples = ", ".join(f"{tok!r}->{idx}" for tok, idx in differing[:5])
+        raise TeacherMismatchError(
+            f"teacher and student tokenizers differ ({len(s_vocab)} vs {len(t_vocab)} tokens; "
+            f"{len(differing)} (token, id) pairs are not shared, e.g. {examples}). "
+            "Logit distillation needs one tokenizer: pick a teacher from the student's model family"
+        )
+    tokens = len(student_tokenizer)
+    shared_rows = min(student_rows, teacher_rows)
+    if shared_rows < tokens:
+        raise TeacherMismatchError(
+            f"the tokenizer has {tokens} tokens but the student's output layer has {student_rows} rows and the "
+            f"teacher's {teacher_rows}: some token ids have no logit. Resize the embeddings of the smaller model"
+        )
+    if student_rows != teacher_rows:
+        LOG.info(
+            "student has %d vocabulary rows and teacher %d (tokenizer: %d tokens); the KL uses the first %d",
+            student_rows,
+            teacher_rows,
+            tokens,
+            shared_rows,
+        )
+    return shared_rows
+
+
+class InProcessTeacher:
+    """A frozen causal LM that returns its final hidden states for a batch."""
+
+    def __init__(self, model: nn.Module, output_weight: torch.Tensor, device: torch.device):
+        self.model = model
+        self.output_weight = output_weight
+        self.device = device
+
+    @property
+    def vocab_rows(self) -> int:
+        return self.output_weight.shape[0]
+
+    @classmethod
+    def load(cls, spec: TeacherSpec, cfg, accelerator, student_device: torch.device) -> InProcessTeacher:
+        from transformers import AutoModelForCausalLM
+
+        device = resolve_device(spec.device, student_device, accelerator.num_processes)
+        dtype = resolve_dtype(spec.dtype, cfg)
+        kwargs = dict(spec.kwargs)
+        kwargs.setdefault("dtype", dtype)
+        if spec.load_in_8bit:
+            if device.type != "cuda":
+                raise TeacherMismatchError(
+                    f"proofkd_teacher_load_in_8bit needs a CUDA device; the teacher would be on {device}"
+                )
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+            kwargs["device_map"] = {"": device.index or 0}
+        LOG.info("loading teacher %s (%s) for %s", spec.name_or_path, dtype, device)
+        model = AutoModelForCausalLM.from_pretrained(spec.name_or_path, **kwargs)
+        model.eval().requires_grad_(False)
+        if not spec.load_in_8bit:
+            model.to(device)
+        verify_linear_head(model, _probe_ids(model, device))
+        # A full copy of the output weight on the student's device, taken before any sharding.
+        weight = output_head(model).weight.detach().to(student_device)
+        model = _shard_like_student(model, accelerator)
+        return cls(model, weight, device)
+
+    @torch.no_grad()
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """Final hidden states `[batch, seq, hidden]` on the student's device."""
+        out_device = input_ids.device
+        inputs = {"input_ids": input_ids.to(self.device), "use_cache": False}
+        if attention_mask is not None:
+            inputs["attention_mask"] = attention_mask.to(self.device)
+        return final_hidden_states(self.model, **inputs).to(out_device)
+
+
+def _probe_ids(model: nn.Module, device: torch.device) -> torch.Tensor:
+    rows = output_head(model).weight.shape[0]
+    return torch.arange(1, 9, device=device)[None] * 7 % max(rows, 1)
+
+
+def _shard_like_student(model: nn.Module, accelerator) -> nn.Module:
+    """Wrap the teacher for the launch's distributed mode (a no-op for one process or DDP)."""
+    from accelerate.utils import DistributedType
+
+    kind = accelerator.distributed_type
+    if kind == DistributedType.FSDP:
+        return accelerator.prepare_model(model, evaluation_mode=True)
+    if kind == DistributedType.DEEPSPEED:
+        return _deepspeed_inference_engine(model, accelerator)
+    return model
+
+
+def _deepspeed_inference_engine(model: nn.Module, accelerator) -> nn.Module:
+    """ZeRO-3 shards the teacher's weights across ranks; stages 1-2 leave each rank a full copy."""
+    import deepspeed
+
+    config = accelerator.state.deepspeed_plugin.deepspeed_config
+    stage = config.get("zero_optimization", {}).get("stage", 0)
+    if stage != 3:
+        return model
+    inference = {
+        "train_micro_batch_size_per_gpu": config.get("train_micro_batch_size_per_gpu", 1),
+        "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
+        "bf16": config.get("bf16", {"enabled": False}),
+        "fp16": config.get("fp16", {"enabled": False}),
+    }
+    engine, *_ = deepspeed.initialize(model=model, config=inference)
+    engine.eval()
+    return engine
