@@ -1,0 +1,1 @@
+"""The export wing: HF checkpoint to GGUF, quantisation, verification, publishing. Imports nothing from `proofkd.plugin`."""

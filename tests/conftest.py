@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 
 import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
 
 os.environ.setdefault("AXOLOTL_DO_NOT_TRACK", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -31,3 +34,35 @@ def pytest_runtest_makereport(item, call):
         seeds = [v for k, v in item.user_properties if k == "seed"]
         if seeds:
             report.sections.append(("seed", f"reproduce with PROOFKD_TEST_SEED={seeds[0]}"))
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """A tiny tokenizer, teacher (2 layers, hidden 64, pre-trained a little), student (1 layer, hidden 32), data."""
+    from helpers import make_model, make_tokenizer, pretrain, write_stage1_jsonl
+
+    from proofkd.data.stem import generate
+
+    root = tmp_path_factory.mktemp("tiny")
+    make_tokenizer(root / "tokenizer")
+    teacher = make_model(root / "teacher", root / "tokenizer", hidden=64, layers=2, seed=1)
+    pretrain(teacher, generate("train", 200, seed=4))
+    student = make_model(root / "student", root / "tokenizer", hidden=32, layers=1, seed=2)
+    train = write_stage1_jsonl(root / "train.jsonl", generate("train", 48, seed=3))
+    heldout = write_stage1_jsonl(root / "heldout.jsonl", generate("heldout", 8, seed=3))
+    return {
+        "root": root,
+        "tokenizer": root / "tokenizer",
+        "teacher": teacher,
+        "student": student,
+        "train": train,
+        "heldout": heldout,
+    }
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The embedded SmolLM2-135M-Instruct teacher (materialised once into the user cache)."""
+    from proofkd import embedded
+
+    return embedded.resolve("proofkd:smollm2-135m-instruct")

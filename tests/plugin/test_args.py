@@ -1,0 +1,81 @@
+"""The plugin's keys, validated by Axolotl itself: defaults, and errors that name the key and the fix."""
+
+from __future__ import annotations
+
+import pytest
+from axolotl.cli.config import prepare_plugins
+from axolotl.utils.config import validate_config
+from axolotl.utils.dict import DictDefault
+from helpers import PLUGIN, STRATEGY
+
+
+def base_cfg(**overrides) -> DictDefault:
+    cfg = {
+        "base_model": "student",
+        "plugins": [PLUGIN],
+        "proofkd_teacher": "teacher",
+        "datasets": [{"path": "rows.jsonl", "ds_type": "json", "type": STRATEGY}],
+        "micro_batch_size": 1,
+        "gradient_accumulation_steps": 1,
+        "learning_rate": 1e-5,
+        "num_epochs": 1,
+        "sequence_len": 128,
+        "output_dir": "out",
+    }
+    cfg.update(overrides)
+    return DictDefault(cfg)
+
+
+def validate(**overrides) -> DictDefault:
+    cfg = base_cfg(**overrides)
+    prepare_plugins(cfg)
+    return validate_config(cfg)
+
+
+def test_defaults_are_the_published_recipe():
+    cfg = validate()
+    assert cfg.proofkd_temperature == 2.0
+    assert (cfg.proofkd_ce_coef, cfg.proofkd_kd_coef) == (0.55, 0.45)
+    assert (cfg.proofkd_proof_weight_start, cfg.proofkd_proof_weight_end) == (2.5, 1.5)
+    assert cfg.proofkd_proof_weight_schedule == "linear"
+    assert (cfg.proofkd_proof_start_marker, cfg.proofkd_proof_end_marker) == ("Proof:", "Final Answer:")
+    assert cfg.proofkd_ce_normalization == "weights"
+    assert cfg.proofkd_teacher_device == "auto" and cfg.proofkd_teacher_dtype == "auto"
+
+
+def test_prepared_dataset_folder_is_keyed_on_the_markers(tmp_path):
+    a = validate(dataset_prepared_path=str(tmp_path))
+    b = validate(dataset_prepared_path=str(tmp_path), proofkd_proof_end_marker="Answer:")
+    assert a.dataset_prepared_path.startswith(str(tmp_path) + "/proofkd-")
+    assert a.dataset_prepared_path != b.dataset_prepared_path
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"proofkd_temperature": 0}, "proofkd_temperature must be > 0"),
+        ({"proofkd_kd_coef": -0.1}, "proofkd_kd_coef must be >= 0"),
+        ({"proofkd_proof_weight_end": -1}, "proofkd_proof_weight_end must be >= 0"),
+        ({"proofkd_chunk_size": 0}, "proofkd_chunk_size must be a positive number"),
+        ({"proofkd_teacher_device": "gpu0"}, "use 'auto', 'cpu', 'cuda' or 'cuda:N'"),
+        ({"proofkd_proof_weight_schedule": "step"}, "proofkd_proof_weight_schedule"),
+        ({"proofkd_teacher": None}, "proofkd_teacher is not set: name the teacher model"),
+        ({"proofkd_ce_coef": 0, "proofkd_kd_coef": 0}, "both 0: nothing would be optimised"),
+        ({"proofkd_proof_end_marker": "Proof:"}, "must be two different non-empty strings"),
+        ({"sample_packing": True}, "sample_packing: true is not supported"),
+        ({"proofkd_teacher_load_in_8bit": True, "proofkd_teacher_device": "cpu"}, "needs a CUDA device"),
+    ],
+)
+def test_bad_values_name_the_key_and_the_fix(overrides, message):
+    with pytest.raises(Exception, match=message):
+        validate(**overrides)
+
+
+def test_teacher_free_weighted_ce_needs_no_teacher():
+    cfg = validate(proofkd_teacher=None, proofkd_kd_coef=0.0, proofkd_ce_coef=1.0)
+    assert cfg.proofkd_kd_coef == 0.0
+
+
+def test_teacher_kwargs_pass_through():
+    cfg = validate(proofkd_teacher_kwargs={"experts_implementation": "grouped_mm"})
+    assert cfg.proofkd_teacher_kwargs == {"experts_implementation": "grouped_mm"}

@@ -1,0 +1,134 @@
+"""`axolotl train` with the plugin, end to end on tiny models (each run is a real CLI process).
+
+The base run takes 4 optimizer steps of 4 rows (micro-batch 2 x accumulation 2),
+evaluates before and after, and saves a checkpoint at step 2. The other runs
+are compared with it step by step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from helpers import axolotl_train, read_log, tiny_recipe, train_records
+
+from proofkd.plugin.schedule import proof_weight_at
+
+pytestmark = pytest.mark.slow
+
+STEPS = 4
+
+
+def run_ok(config, workdir, *args, processes=1):
+    code, output = axolotl_train(config, workdir, *args, processes=processes)
+    assert code == 0, output[-6000:]
+    return output
+
+
+@pytest.fixture(scope="module")
+def base(tiny, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("base")
+    cfg = tiny_recipe(
+        workdir,
+        student=tiny["student"],
+        teacher=tiny["teacher"],
+        train_file=tiny["train"],
+        eval_file=tiny["heldout"],
+        max_steps=STEPS,
+        eval_steps=STEPS,
+        save_strategy="steps",
+        save_steps=2,
+    )
+    output = run_ok(cfg, workdir)
+    return {"workdir": workdir, "cfg": cfg, "output": output, "records": train_records(workdir / "out")}
+
+
+def variant(tiny, tmp_path_factory, name, processes=1, **overrides):
+    """A run with the base's step count (the proof weight schedule depends on it), changed by `overrides`."""
+    workdir = tmp_path_factory.mktemp(name)
+    overrides.setdefault("max_steps", STEPS)
+    cfg = tiny_recipe(workdir, student=tiny["student"], teacher=tiny["teacher"], train_file=tiny["train"], **overrides)
+    output = run_ok(cfg, workdir, processes=processes)
+    return train_records(workdir / "out"), output
+
+
+def assert_same_steps(records, reference, steps, rel=1e-5):
+    for step in steps:
+        got = next(r for r in records if r["step"] == step)
+        want = next(r for r in reference if r["step"] == step)
+        for key in ("loss", "grad_norm", "proofkd/tokens", "proofkd/kl", "proofkd/ce_weighted"):
+            assert math.isclose(got[key], want[key], rel_tol=rel), (step, key, got[key], want[key])
+
+
+def test_the_logged_loss_is_the_plugins_formula(base):
+    assert [r["step"] for r in base["records"]] == list(range(1, STEPS + 1))
+    for record in base["records"]:
+        formula = 0.55 * record["proofkd/ce_weighted"] + 0.45 * record["proofkd/kd_term"]
+        assert math.isclose(record["loss"], formula, rel_tol=1e-5), record
+        assert math.isclose(record["proofkd/kd_term"], 4.0 * record["proofkd/kl"], rel_tol=1e-9)
+        assert 0 < record["proofkd/proof_token_frac"] < 1
+
+
+def test_training_reduced_the_loss_and_the_kl(base):
+    evals = [r for r in read_log(base["workdir"] / "out") if "eval_loss" in r]
+    assert [e["step"] for e in evals] == [0, STEPS]
+    before, after = evals
+    assert after["eval_loss"] < before["eval_loss"]
+    assert after["eval_proofkd/kl"] < before["eval_proofkd/kl"]
+    assert base["records"][-1]["loss"] < base["records"][0]["loss"]
+
+
+def test_proof_weight_follows_the_linear_schedule(base):
+    logged = [r["proofkd/proof_weight"] for r in base["records"]]
+    expected = [proof_weight_at(step, STEPS, 2.5, 1.5) for step in range(STEPS)]
+    assert logged == pytest.approx(expected, abs=1e-12)
+    assert logged[0] == 2.5 and logged[-1] == 1.5
+
+
+def test_span_statuses_and_teacher_are_reported(base):
+    assert "proofkd train rows: 48 with the whole derivation, 0 with it cut by sequence_len" in base["output"]
+    assert "loading teacher" in base["output"]
+
+
+def test_a_step_is_the_same_however_it_is_split(tiny, tmp_path_factory, base):
+    """micro-batch 4 x accumulation 1 == micro-batch 2 x accumulation 2: normalisation is per optimizer step."""
+    records, _ = variant(tiny, tmp_path_factory, "mb4", micro_batch_size=4, gradient_accumulation_steps=1)
+    assert_same_steps(records, base["records"], steps=range(1, STEPS + 1))
+
+
+def test_two_gloo_ranks_train_the_same_step(tiny, tmp_path_factory, base):
+    """2 processes x micro-batch 1 x accumulation 2 see the same rows per step as the base run."""
+    records, output = variant(
+        tiny, tmp_path_factory, "ddp", processes=2, micro_batch_size=1, gradient_accumulation_steps=2
+    )
+    assert "rank 1 of 2 joined a gloo process group" in output
+    assert_same_steps(records, base["records"], steps=range(1, STEPS + 1))
+
+
+def test_resumed_run_continues_the_schedule_and_the_losses(tiny, tmp_path_factory, base):
+    checkpoint = base["workdir"] / "out" / "checkpoint-2"
+    assert checkpoint.is_dir()
+    records, _ = variant(
+        tiny,
+        tmp_path_factory,
+        "resume",
+        resume_from_checkpoint=str(checkpoint),
+    )
+    assert [r["step"] for r in records] == [3, 4]
+    assert [r["proofkd/proof_weight"] for r in records] == pytest.approx(
+        [proof_weight_at(s, STEPS, 2.5, 1.5) for s in (2, 3)], abs=1e-12
+    )
+    assert_same_steps(records, base["records"], steps=[3, 4])
+
+
+def test_gradient_checkpointing_gives_the_same_step(tiny, tmp_path_factory, base):
+    records, _ = variant(tiny, tmp_path_factory, "ckpt", gradient_checkpointing=True)
+    assert_same_steps(records, base["records"], steps=range(1, STEPS + 1))
+
+
+def test_teacher_from_another_family_is_refused_before_training(tiny, smollm2, tmp_path):
+    cfg = tiny_recipe(tmp_path, student=tiny["student"], teacher=smollm2, train_file=tiny["train"])
+    code, output = axolotl_train(cfg, tmp_path)
+    assert code != 0
+    assert "teacher and student tokenizers differ" in output
+    assert "Starting trainer" not in output
