@@ -15,6 +15,9 @@ recipe; the plugin resolves them before Axolotl validates the config):
   norm and tied head copied.
 - `proofkd:stem-synthetic?split=train|heldout&n=N&seed=S` - a JSONL file of
   generated STEM problems in the Stage-1 schema (see `proofkd.data.stem`).
+- `proofkd:legal-sample?split=train|eval` - legal instructions written for
+  proofkd in Lawyer-Instruct's schema, built by the Stage-2 manifest's builder
+  (filters, seed 42, 95/5 split) exactly as the Hub data would be.
 """
 
 from __future__ import annotations
@@ -136,9 +139,38 @@ def _stem_synthetic(ref: str, params: dict[str, str]) -> tuple[str, Callable[[Pa
     return f"data/stem-synthetic-{split}-n{n}-seed{seed}.jsonl", build
 
 
+LEGAL_SAMPLE = Path(__file__).parent / "data" / "packaged" / "legal_instructions.jsonl"
+
+
+def _legal_sample(ref: str, params: dict[str, str]) -> tuple[str, Callable[[Path], None]]:
+    _check_keys(ref, params, {"split"})
+    split = params.get("split", "train")
+    if split not in ("train", "eval"):
+        raise EmbeddedReferenceError(f"{ref!r}: split must be train or eval")
+
+    def build(dest: Path) -> None:
+        import shutil
+        import tempfile
+
+        from proofkd.data.builder import build as build_data
+        from proofkd.data.manifest import load_manifest
+
+        manifest = load_manifest("stage2_sft")
+        with tempfile.TemporaryDirectory() as work:
+            root = Path(work) / "sources"
+            local = root / f"{manifest.sources[0].id}.jsonl"
+            local.parent.mkdir(parents=True)
+            shutil.copyfile(LEGAL_SAMPLE, local)
+            report = build_data(manifest, Path(work) / "out", source_root=root, count_tokens=False, progress=False)
+            shutil.copyfile(Path(report.output) / f"{split}.jsonl", dest)
+
+    return f"data/legal-sample-{split}.jsonl", build
+
+
 _MATERIALISERS = {
     SMOLLM2_NAME: _smollm2,
     "stem-synthetic": _stem_synthetic,
+    "legal-sample": _legal_sample,
 }
 
 

@@ -106,3 +106,15 @@ def render_stage2(instruction: str, output: str) -> RenderedText:
     """Render one legal instruction row in the Stage-2 format."""
     prompt = f"{STAGE2_INSTRUCTION_HEADER}\n{instruction}\n{STAGE2_RESPONSE_HEADER}\n"
     return RenderedText(text=prompt + output, span=None, prompt_end=len(prompt))
+
+
+DAPO_INSTRUCTION = (
+    "Solve the following math problem step by step. The last line of your response should be of the form "
+    "Answer: $Answer (without quotes) where $Answer is the answer to the problem."
+)
+DAPO_REMINDER = 'Remember to put your answer on its own line after "Answer:".'
+
+
+def render_dapo_prompt(problem: str) -> str:
+    """The user message of a DAPO-Math-17k row for `problem`."""
+    return f"{DAPO_INSTRUCTION}\n\n{problem}\n\n{DAPO_REMINDER}"

@@ -1,12 +1,14 @@
 """The training wing: the Axolotl plugin and what it is made of.
 
-`proofkd.plugin.ProofKDPlugin` is what a recipe lists under `plugins:`. It is
-imported lazily so that `proofkd.plugin.loss` and friends load without Axolotl.
+`proofkd.plugin.ProofKDPlugin` is what a distillation recipe lists under
+`plugins:`; `proofkd.plugin.EmbeddedReferencesPlugin` lets any other recipe name
+`proofkd:` models and data. Both are imported lazily so that
+`proofkd.plugin.loss` and friends load without Axolotl.
 """
 
 from __future__ import annotations
 
-__all__ = ["ProofKDPlugin"]
+__all__ = ["EmbeddedReferencesPlugin", "ProofKDPlugin"]
 
 
 def __getattr__(name: str):
@@ -14,4 +16,8 @@ def __getattr__(name: str):
         from proofkd.plugin.plugin import ProofKDPlugin
 
         return ProofKDPlugin
+    if name == "EmbeddedReferencesPlugin":
+        from proofkd.plugin.references import EmbeddedReferencesPlugin
+
+        return EmbeddedReferencesPlugin
     raise AttributeError(f"module 'proofkd.plugin' has no attribute {name!r}")

@@ -36,11 +36,11 @@ from collections import Counter
 
 from axolotl.integrations.base import BasePlugin
 
-from proofkd import embedded
 from proofkd.logs import enable_console_logging, get_logger
 from proofkd.plugin import cpu_launch
 from proofkd.plugin.collator import ProofSpanCollator
 from proofkd.plugin.heads import output_head, verify_linear_head
+from proofkd.plugin.references import resolve_embedded_references
 from proofkd.plugin.teacher import InProcessTeacher, TeacherSpec, check_compatible
 from proofkd.plugin.trainer import JsonlLogCallback, ProofKDConfig, ProofKDTrainer
 from proofkd.templates import FINAL_ANSWER_MARKER, PROOF_MARKER
@@ -50,18 +50,6 @@ LOG = get_logger(__name__)
 
 PLUGIN_PATH = "proofkd.plugin.ProofKDPlugin"
 DEFAULT_PREPARED_PATH = "last_run_prepared"
-
-
-def resolve_embedded_references(cfg) -> None:
-    """Replace every `proofkd:` reference in the model and dataset keys with its cached path."""
-    for key in ("base_model", "base_model_config", "tokenizer_config", "proofkd_teacher"):
-        if embedded.is_reference(cfg.get(key)):
-            cfg[key] = str(embedded.resolve(cfg[key]))
-    for list_key in ("datasets", "test_datasets"):
-        for dataset in cfg.get(list_key) or []:
-            if embedded.is_reference(dataset.get("path")):
-                dataset["path"] = str(embedded.resolve(dataset["path"]))
-                dataset.setdefault("ds_type", "json")
 
 
 def data_fingerprint(cfg) -> str:

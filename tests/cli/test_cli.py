@@ -78,3 +78,36 @@ def test_table_format():
     table = format_table(row, row)
     assert table.splitlines()[0] == "| held-out metric | before | after |"
     assert "| student CE, derivation tokens | 3.000 | 3.000 |" in table
+
+
+def test_data_build_offline_prints_the_report_and_writes_the_split(tmp_path):
+    from fixtures import stage2_sources
+
+    stage2_sources(tmp_path / "sources")
+    done = proofkd(
+        "data",
+        "build",
+        "stage2_sft",
+        "--source-root",
+        str(tmp_path / "sources"),
+        "--out",
+        str(tmp_path / "data"),
+        "--no-tokens",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| Alignment-Lab-AI/Lawyer-Instruct | yes | 9,241 | 32 | -9,209 |" in done.stdout
+    assert "Split: 30 train / 2 eval." in done.stdout
+    assert (tmp_path / "data" / "stage2_sft" / "train.jsonl").is_file()
+
+
+def test_data_build_names_a_missing_source(tmp_path):
+    done = proofkd("data", "build", "stage2_sft", "--source-root", str(tmp_path), "--out", str(tmp_path / "d"))
+    assert done.returncode == 2
+    assert "Alignment-Lab-AI/Lawyer-Instruct: no local copy under" in done.stderr
+    assert not (tmp_path / "d").exists()
+
+
+def test_data_list_names_every_manifest():
+    done = proofkd("data", "list")
+    assert done.returncode == 0
+    assert [line.split()[0] for line in done.stdout.splitlines()] == ["opd", "stage1_kd", "stage2_sft"]

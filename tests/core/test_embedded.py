@@ -27,7 +27,10 @@ def test_parse_reference():
 @pytest.mark.parametrize(
     "ref, message",
     [
-        ("proofkd:nope", "unknown reference 'proofkd:nope'; known: proofkd:smollm2-135m-instruct"),
+        (
+            "proofkd:nope",
+            "unknown reference 'proofkd:nope'; known: proofkd:legal-sample, proofkd:smollm2-135m-instruct",
+        ),
         ("proofkd:smollm2-135m-instruct?layers=0", "layers must be between 1 and 30"),
         ("proofkd:smollm2-135m-instruct?layers=x", "layers='x' is not an integer"),
         ("proofkd:smollm2-135m-instruct?depth=3", "unknown parameter"),
@@ -120,3 +123,12 @@ def test_atomic_path_replaces_a_folder_whole(tmp_path):
         tmp.mkdir()
         (tmp / "new").write_text("new")
     assert sorted(p.name for p in final.iterdir()) == ["new"]
+
+
+def test_legal_sample_is_built_by_the_stage2_builder(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROOFKD_CACHE", str(tmp_path))
+    train = [json.loads(x) for x in embedded.resolve("proofkd:legal-sample?split=train").read_text().splitlines()]
+    heldout = [json.loads(x) for x in embedded.resolve("proofkd:legal-sample?split=eval").read_text().splitlines()]
+    assert (len(train), len(heldout)) == (30, 2)
+    assert not {r["instruction"] for r in train} & {r["instruction"] for r in heldout}
+    assert all(r["source"] == "Alignment-Lab-AI/Lawyer-Instruct" and r["input"] == "" for r in train + heldout)

@@ -12,6 +12,7 @@ from axolotl.utils.dict import DictDefault
 from helpers import PLUGIN, REPO, STRATEGY, axolotl_train, read_log, train_records
 
 import yaml
+from proofkd.data.manifest import load_manifest
 
 RECIPE = REPO / "yaml" / "stage1_kd.yml"
 TWIN = REPO / "yaml" / "quickstart" / "stage1_kd.yml"
@@ -46,7 +47,11 @@ def recipe() -> DictDefault:
 
 def test_axolotl_validates_the_published_recipe_with_the_plugin(recipe):
     assert recipe.plugins == [PLUGIN]
-    assert all(d["type"] == STRATEGY for d in recipe.datasets)
+    assert all(d["type"] == STRATEGY for d in recipe.datasets + recipe.test_datasets)
+    # it reads what `proofkd data build stage1_kd` writes
+    assert recipe.datasets[0]["path"] == "data/stage1_kd/train.jsonl"
+    assert recipe.test_datasets[0]["path"] == "data/stage1_kd/eval.jsonl"
+    assert recipe.val_set_size == 0
 
 
 def test_every_published_stage1_value_is_in_the_recipe(recipe):
@@ -57,8 +62,7 @@ def test_every_published_stage1_value_is_in_the_recipe(recipe):
     assert (recipe.proofkd_proof_weight_start, recipe.proofkd_proof_weight_end) == (2.5, 1.5)
     assert recipe.proofkd_proof_weight_schedule == "linear"
     assert (recipe.proofkd_proof_start_marker, recipe.proofkd_proof_end_marker) == ("Proof:", "Final Answer:")
-    assert recipe.seed == 42 and recipe.shuffle_merged_datasets is True
-    assert recipe.val_set_size == 0.05
+    assert recipe.seed == 42
     assert recipe.num_epochs == 1
     assert (recipe.micro_batch_size, recipe.gradient_accumulation_steps) == (1, 8)
     assert recipe.optimizer.startswith("adamw") and recipe.weight_decay == 0.01
@@ -71,21 +75,31 @@ def test_every_published_stage1_value_is_in_the_recipe(recipe):
     assert recipe.train_on_inputs is True
 
 
-def test_the_twelve_sets_of_the_card():
-    datasets = load(RECIPE).datasets
+def test_the_manifest_holds_the_twelve_sets_of_the_card():
+    manifest = load_manifest("stage1_kd")
     found = {}
-    for entry in datasets:
-        domain, count = entry["path"].removeprefix("0xZee/dataset-CoT-").rsplit("-", 1)
+    for source in manifest.sources:
+        domain, count = source.id.removeprefix("0xZee/dataset-CoT-").rsplit("-", 1)
         found[domain] = int(count)
+        assert source.card_count == int(count) and source.split == "train"
     assert found == CARD_DOMAINS
     assert sum(found.values()) == 6567
+    verified = {s.id for s in manifest.sources if s.verified}
+    assert verified == {
+        "0xZee/dataset-CoT-Physics-2254",
+        "0xZee/dataset-CoT-Linear-Algebra-667",
+        "0xZee/dataset-CoT-Differential-Equations-636",
+        "0xZee/dataset-CoT-Advanced-Calculus-268",
+    }
+    assert (manifest.shuffle_seed, manifest.eval_fraction, manifest.expected_rows) == (42, 0.05, 6122)
+    assert manifest.format == "stage1" and manifest.tokenizer == "Qwen/Qwen3-1.7B"
 
 
 def test_split_sizes_match_the_card():
     # 95/5 of 6,122 rows: the eval split takes ceil(5%), as datasets' train_test_split does.
-    rows = 6122
-    eval_rows = math.ceil(rows * load(RECIPE).val_set_size)
-    assert (rows - eval_rows, eval_rows) == (5815, 307)
+    manifest = load_manifest("stage1_kd")
+    eval_rows = math.ceil(manifest.expected_rows * manifest.eval_fraction)
+    assert (manifest.expected_rows - eval_rows, eval_rows) == (5815, 307)
 
 
 def test_the_cpu_twin_uses_the_same_loss_and_template():
@@ -100,6 +114,7 @@ def test_the_cpu_twin_uses_the_same_loss_and_template():
         "proofkd_proof_weight_schedule",
         "train_on_inputs",
         "seed",
+        "val_set_size",
         "lr_scheduler",
         "weight_decay",
         "max_grad_norm",
