@@ -3,6 +3,8 @@
     proofkd quickstart            Stage-1 distillation on the embedded default (CPU, offline)
     proofkd data build NAME       build a recipe's train/eval data from its manifest, with a report
     proofkd data list             the manifests that ship with proofkd
+    proofkd export CKPT           convert to GGUF, quantise and verify, without publishing
+    proofkd publish CKPT --repo   export, verify, write the model card and upload to the Hub
     proofkd resolve REF           materialise a proofkd: reference and print its path
 
 Each subcommand imports its wing only when it runs, so `proofkd --help` is instant.
@@ -55,6 +57,59 @@ def _data_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checkpoint(value: str):
+    from proofkd import embedded
+
+    return embedded.resolve(value) if embedded.is_reference(value) else Path(value)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from proofkd.export.convert import ConversionError
+    from proofkd.export.publish import PublishError, export, parse_quants
+    from proofkd.export.verify import verification_table
+
+    try:
+        done = export(
+            _checkpoint(args.checkpoint),
+            args.out,
+            parse_quants(args.quants),
+            threads=args.threads,
+            pre_tokenizer=args.pre_tokenizer,
+        )
+    except (ConversionError, PublishError, ValueError) as error:
+        print(f"proofkd export: {error}", file=sys.stderr)
+        return 2
+    print(verification_table(done.results))
+    return 0 if not done.failed else 1
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from proofkd.export.convert import ConversionError
+    from proofkd.export.publish import PublishError, parse_quants, publish
+
+    try:
+        plan = publish(
+            _checkpoint(args.checkpoint),
+            args.repo,
+            quants=parse_quants(args.quants),
+            out_dir=args.out,
+            dry_run=args.dry_run,
+            skip_failed=args.skip_failed,
+            private=args.private,
+            base_model=args.base_model,
+            license=args.license,
+            threads=args.threads,
+            pre_tokenizer=args.pre_tokenizer,
+        )
+    except (ConversionError, PublishError, ValueError) as error:
+        print(f"proofkd publish: {error}", file=sys.stderr)
+        return 2
+    print(plan.describe())
+    if plan.url:
+        print(plan.url)
+    return 0
+
+
 def _resolve(args: argparse.Namespace) -> int:
     from proofkd import embedded
 
@@ -90,6 +145,32 @@ def build_parser() -> argparse.ArgumentParser:
     build.set_defaults(func=_data_build)
     listing = data.add_parser("list", help="the manifests that ship with proofkd")
     listing.set_defaults(func=_data_list)
+
+    quants = "Q4_K_M,Q5_K_M,Q8_0,F16"
+    for name, func, help_text in (
+        ("export", _export, "convert a checkpoint to GGUF, quantise and verify every file"),
+        ("publish", _publish, "export, verify, write the model card and upload to the Hugging Face Hub"),
+    ):
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("checkpoint", help="an HF model folder (or a proofkd: reference)")
+        sub.add_argument(
+            "--quants", default=quants, help=f"comma-separated: F16, Q8_0, Q5_K_M, Q4_K_M (default {quants})"
+        )
+        sub.add_argument("--threads", type=int, default=None, help="threads for quantising and verifying")
+        sub.add_argument("--pre-tokenizer", default=None, help="llama.cpp pre-tokenizer name, if detection fails")
+        if name == "export":
+            sub.add_argument("--out", required=True, help="folder for the GGUF files and verification.json")
+        else:
+            sub.add_argument("--repo", required=True, help="the Hub repository, owner/name")
+            sub.add_argument("--out", default=None, help="staging folder (default outputs/gguf/<name>)")
+            sub.add_argument("--dry-run", action="store_true", help="do everything but the upload")
+            sub.add_argument(
+                "--skip-failed", action="store_true", help="upload the files that passed even if some failed"
+            )
+            sub.add_argument("--private", action="store_true", help="create the repository private")
+            sub.add_argument("--base-model", default=None, help="Hub id of the original model, for the card")
+            sub.add_argument("--license", default=None, help="license id for the card, e.g. apache-2.0")
+        sub.set_defaults(func=func)
 
     resolve = commands.add_parser("resolve", help="materialise a proofkd: reference and print its path")
     resolve.add_argument("reference", help="e.g. proofkd:smollm2-135m-instruct?layers=10")

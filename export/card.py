@@ -1,0 +1,110 @@
+"""The model card of a published GGUF repository: metadata, files, how they were checked, usage."""
+
+from __future__ import annotations
+
+import re
+
+from huggingface_hub import ModelCard, ModelCardData
+
+from .verify import Verification, verification_table
+
+QUANT_NOTES = {
+    "F16": "16-bit floats: the reference file, indistinguishable from the original",
+    "Q8_0": "8-bit: near-lossless, about half the size of F16",
+    "Q5_K_M": "5-bit K-quant, medium: a good balance of size and quality",
+    "Q4_K_M": "4-bit K-quant, medium: the smallest; the usual choice for laptops and phones",
+}
+
+
+def model_card(
+    *,
+    repo_id: str,
+    results: list[Verification],
+    architecture: str,
+    base_model: str | None = None,
+    license: str | None = None,
+    verification_tokens: int | None = None,
+    quantizer_notes: dict[str, list[str]] | None = None,
+) -> ModelCard:
+    """A card for `repo_id` listing `results` (only files that passed are meant to be in it).
+
+    `quantizer_notes` are llama.cpp's summaries per type; a fallback (rows not a
+    multiple of 256) is stated under the files, since it changes what a K-quant holds.
+    """
+    data = ModelCardData(
+        base_model=base_model,
+        base_model_relation="quantized" if base_model else None,
+        library_name="gguf",
+        license=license,
+        pipeline_tag="text-generation",
+        tags=["gguf", "llama.cpp", architecture, "proofkd"],
+    )
+    title = repo_id.split("/")[-1]
+    source = f"[{base_model}](https://huggingface.co/{base_model})" if base_model else "the original checkpoint"
+    example = next((r.file for r in results if r.quant == "Q4_K_M"), results[0].file)
+    quant_of = {r.file: r.quant for r in results}
+    lines = [
+        f"# {title}",
+        "",
+        f"GGUF files of {source} for llama.cpp and the programs built on it, converted and quantised by proofkd.",
+        "",
+        "## Files",
+        "",
+        "| file | type | size | what it is |",
+        "|---|---|---:|---|",
+    ]
+    lines += [
+        f"| {r.file} | {r.quant} | {r.size_bytes / 2**20:.1f} MiB | {QUANT_NOTES.get(quant_of[r.file], '')} |"
+        for r in results
+    ]
+    fallbacks = [
+        f"- {quant}: llama.cpp reports that {_fallback_count(notes)} needed another type, because their rows "
+        "are not a multiple of 256; judge this file by the measured figures below, not by its name."
+        for quant, notes in (quantizer_notes or {}).items()
+        if _fallback_count(notes)
+    ]
+    if fallbacks:
+        lines += ["", *fallbacks]
+    lines += [
+        "",
+        "## How each file was checked",
+        "",
+        "Each file was loaded in llama-cpp-python, which tokenised a fixed text to the same ids as the original "
+        "tokenizer, computed its next-token distribution at every position"
+        + (f" ({verification_tokens} tokens)" if verification_tokens else "")
+        + ", and generated a reply. The table compares those distributions with the original model's "
+        "(mean KL divergence per token, how often the most likely token agrees, and the perplexity of the text). "
+        "A file outside its bound is not published.",
+        "",
+        verification_table(results),
+        "",
+        "## Use",
+        "",
+        "With llama.cpp:",
+        "",
+        "```bash",
+        f'llama-cli -hf {repo_id}:{quant_of[example]} -p "What is the difference between negligence and strict liability?"',
+        f"llama-server -hf {repo_id}:{quant_of[example]}",
+        "```",
+        "",
+        "With llama-cpp-python:",
+        "",
+        "```python",
+        "from llama_cpp import Llama",
+        "",
+        f'llm = Llama.from_pretrained(repo_id="{repo_id}", filename="{example}")',
+        'reply = llm.create_chat_completion(messages=[{"role": "user", "content": "What is 2 + 3?"}])',
+        'print(reply["choices"][0]["message"]["content"])',
+        "```",
+        "",
+    ]
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
+
+
+def _fallback_count(notes: list[str]) -> str | None:
+    """'180 of 272 tensors' from llama.cpp's fallback summary, if it gave one."""
+    for note in notes:
+        match = re.search(r"(\d+) of (\d+) tensor", note)
+        if match and "fallback" in note:
+            return f"{match.group(1)} of {match.group(2)} tensors"
+    return None
