@@ -23,13 +23,22 @@ STRATEGY = "proofkd.plugin.prompt_strategies.stage1"
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
-def make_tokenizer(path: Path, vocab_size: int = 600):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def make_tokenizer(path: Path, vocab_size: int = 600, split_pattern: str | None = None, chat_template: str | None = None):
+    """A byte-level BPE trained on Stage-1 text; `split_pattern` adds a regex Split first (as Qwen's has)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     texts = [render_stage1(r["question"], r["CoT"], r["response"]).text for r in generate("train", 400, seed=7)]
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if split_pattern:
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(split_pattern), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+    else:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
@@ -46,7 +55,22 @@ def make_tokenizer(path: Path, vocab_size: int = 600):
     return fast
 
 
-def make_model(path: Path, tokenizer_dir: Path, *, hidden: int, layers: int, seed: int, rows: int = 640, arch="llama"):
+def make_model(
+    path: Path,
+    tokenizer_dir: Path,
+    *,
+    hidden: int,
+    layers: int,
+    seed: int,
+    rows: int = 640,
+    arch="llama",
+    heads: int = 4,
+    kv_heads: int = 2,
+    head_dim: int | None = None,
+    intermediate: int | None = None,
+    tied: bool = True,
+    init_std: float = 0.02,
+):
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
@@ -54,19 +78,20 @@ def make_model(path: Path, tokenizer_dir: Path, *, hidden: int, layers: int, see
     common = dict(
         vocab_size=rows,
         hidden_size=hidden,
-        intermediate_size=2 * hidden,
+        intermediate_size=intermediate or 2 * hidden,
         num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
         max_position_embeddings=1024,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tied,
+        initializer_range=init_std,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(seed)
     if arch == "qwen3":
-        model = Qwen3ForCausalLM(Qwen3Config(head_dim=hidden // 4, **common))
+        model = Qwen3ForCausalLM(Qwen3Config(head_dim=head_dim or hidden // heads, **common))
     else:
         model = LlamaForCausalLM(LlamaConfig(**common))
     model.save_pretrained(path)
