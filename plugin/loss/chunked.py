@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import torch
 
+from proofkd.logs import get_logger
 from proofkd.plugin.loss.stats import FIELDS, LossStats
+
+LOG = get_logger(__name__)
 
 # Rows per chunk aim at this many logits per [rows, vocab] float32 buffer
 # (128 MiB); a chunk holds a handful of such buffers at its peak.
@@ -48,33 +51,126 @@ def _chunk_terms(
     d_kd: torch.Tensor,
     kl_vocab: int,
     want_grad: bool,
+    compiled: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Per-token CE and KL of one chunk, and d loss / d student logits (or None)."""
+    """Per-token CE and KL of one chunk, and d loss / d student logits in the weight's dtype (or None)."""
+    z = h @ student_weight.T  # h is already in the weight's dtype
+    t = None if kd_coef == 0 else (th.to(teacher_weight.dtype) @ teacher_weight.T)[:, :kl_vocab]
+    ce_scale = ce_coef * c / d_ce
+    kd_scale = kd_coef * temperature / d_kd
+    args = (z, t, y, ce_scale, kd_scale, temperature, want_grad, student_weight.dtype)
+    if compiled and _compiled_terms() is not None:
+        try:
+            return _compiled_terms()(*args)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as error:  # a backend that cannot build it: stay correct, eagerly
+            _give_up_compiling(error)
+    return _logit_terms(*args)
+
+
+def _logit_terms(
+    z: torch.Tensor,
+    t: torch.Tensor | None,
+    y: torch.Tensor,
+    ce_scale: torch.Tensor,
+    kd_scale: torch.Tensor,
+    temperature: float,
+    want_grad: bool,
+    grad_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The loss terms from one chunk's logits, eagerly; consumes `z` and `t` (they are scaled in place).
+
+    Every `[rows, vocab]` pass costs about as much as the matmuls at small
+    hidden sizes, so the passes are counted: one fused `log_softmax` per
+    distribution (not logsumexp and a subtraction), buffers reused in place
+    once their values are spent, and the KL's row sums as batched dot products.
+    """
     rows = torch.arange(y.shape[0], device=y.device)
-    z = (h @ student_weight.T).float()  # h is already in the weight's dtype
-    lse = torch.logsumexp(z, dim=-1)
-    ce = lse - z[rows, y]
+    z = z.float()
+    log_p = torch.log_softmax(z, dim=-1)
+    ce = -log_p[rows, y]
 
     grad = None
     if want_grad:
-        grad = torch.exp(z - lse[:, None])
+        grad = log_p.exp_()  # softmax(z), in the buffer log_p no longer needs
         grad[rows, y] -= 1.0
-        grad *= (ce_coef * c / d_ce)[:, None]
+        grad *= ce_scale[:, None]
+    del log_p
 
-    if kd_coef == 0:
-        return ce, torch.zeros_like(ce), grad
+    if t is None:
+        return ce, torch.zeros_like(ce), None if grad is None else grad.to(grad_dtype)
 
-    log_q = (th.to(teacher_weight.dtype) @ teacher_weight.T)[:, :kl_vocab].float()
-    log_q /= temperature
-    log_q -= torch.logsumexp(log_q, dim=-1, keepdim=True)
-    log_p = z[:, :kl_vocab] / temperature
-    log_p -= torch.logsumexp(log_p, dim=-1, keepdim=True)
-    q = log_q.exp()
-    # q * (log q - log p), with 0 * log 0 = 0 where the teacher gives no mass.
-    kl = torch.where(q > 0, q * (log_q - log_p), torch.zeros_like(q)).sum(dim=-1)
+    kl_vocab = t.shape[1]
+    t = t.float() if t.dtype != torch.float32 else t
+    log_q = torch.log_softmax(t.div_(temperature), dim=-1)
+    del t
+    # z is spent except for its first kl_vocab columns: scale them in place.
+    log_p_t = torch.log_softmax(z[:, :kl_vocab].div_(temperature), dim=-1)
+    del z
+    # A teacher logit of -inf gives q = 0 and log q = -inf; clamping log q to the
+    # lowest finite float keeps q = 0 and makes q * (log q - log p) exactly 0, not NaN.
+    log_q.clamp_(min=torch.finfo(log_q.dtype).min)
+    q = torch.exp(log_q)
+    kl = torch.einsum("ij,ij->i", q, log_q.sub_(log_p_t))
+    del log_q
     if grad is not None:
-        grad[:, :kl_vocab] += (kd_coef * temperature / d_kd) * (log_p.exp_() - q)
+        p_t = log_p_t.exp_().sub_(q)  # softmax(z / T) - q, in place
+        grad[:, :kl_vocab].addcmul_(p_t, kd_scale)
+        grad = grad.to(grad_dtype)
     return ce, kl, grad
+
+
+def _logit_terms_pure(
+    z: torch.Tensor,
+    t: torch.Tensor | None,
+    y: torch.Tensor,
+    ce_scale: torch.Tensor,
+    kd_scale: torch.Tensor,
+    temperature: float,
+    want_grad: bool,
+    grad_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """`_logit_terms` written without in-place updates, for `torch.compile` to fuse into a few passes."""
+    rows = torch.arange(y.shape[0], device=y.device)
+    z = z.float()
+    log_p = torch.log_softmax(z, dim=-1)
+    ce = -log_p[rows, y]
+    is_label = torch.arange(z.shape[1], device=z.device)[None, :] == y[:, None]
+    grad = (log_p.exp() - is_label.float()) * ce_scale[:, None] if want_grad else None
+    if t is None:
+        return ce, torch.zeros_like(ce), None if grad is None else grad.to(grad_dtype)
+    kl_vocab = t.shape[1]
+    log_q = torch.log_softmax(t.float() / temperature, dim=-1).clamp(min=torch.finfo(torch.float32).min)
+    log_p_t = torch.log_softmax(z[:, :kl_vocab] / temperature, dim=-1)
+    q = log_q.exp()
+    kl = (q * (log_q - log_p_t)).sum(dim=-1)
+    if grad is not None:
+        kd_grad = kd_scale * (log_p_t.exp() - q)
+        if kl_vocab < z.shape[1]:
+            kd_grad = torch.nn.functional.pad(kd_grad, (0, z.shape[1] - kl_vocab))
+        grad = (grad + kd_grad).to(grad_dtype)
+    return ce, kl, grad
+
+
+_COMPILED: dict[str, object] = {}
+
+
+def _compiled_terms():
+    """`_logit_terms_pure` under `torch.compile`, built on first use; None once compiling has failed."""
+    if "fn" not in _COMPILED:
+        _COMPILED["fn"] = torch.compile(_logit_terms_pure, dynamic=None)
+    return _COMPILED["fn"]
+
+
+def _give_up_compiling(error: Exception) -> None:
+    LOG.warning("proof_kd_loss: torch.compile failed (%s: %s); using the eager loss head", type(error).__name__, error)
+    _COMPILED["fn"] = None
+
+
+def compile_by_default(device: torch.device) -> bool:
+    """The head compiles its per-chunk arithmetic by default on CUDA only (a CPU build pays seconds of C++ compile)."""
+    return device.type == "cuda"
 
 
 class _ProofKDHead(torch.autograd.Function):
@@ -92,7 +188,7 @@ class _ProofKDHead(torch.autograd.Function):
         d_kd,
         options,
     ):
-        (temperature, ce_coef, kd_coef, ignore_index, chunk_size, kl_vocab, want_grad) = options
+        (temperature, ce_coef, kd_coef, ignore_index, chunk_size, kl_vocab, want_grad, compiled) = options
         device = student_hidden.device
         want_hidden = want_grad and ctx.needs_input_grad[0]
         want_weight = want_grad and ctx.needs_input_grad[1]
@@ -121,6 +217,7 @@ class _ProofKDHead(torch.autograd.Function):
                 d_kd=d_kd,
                 kl_vocab=kl_vocab,
                 want_grad=want_hidden or want_weight,
+                compiled=compiled,
             )
             loss += ce_coef * (c * ce).sum() / d_ce + kd_coef * temperature**2 * kl.sum() / d_kd
             sums += torch.stack(
@@ -135,11 +232,10 @@ class _ProofKDHead(torch.autograd.Function):
                 ]
             ).double()
             if grad is not None:
-                grad = grad.to(student_weight.dtype)
                 if grad_hidden is not None:
                     grad_hidden[idx] = grad @ student_weight
                 if grad_weight is not None:
-                    grad_weight += (grad.T @ h).float()
+                    _accumulate(grad_weight, grad.T, h)
 
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.weight_dtype = student_weight.dtype
@@ -148,12 +244,53 @@ class _ProofKDHead(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_sums):
+        # Scaled in place: a second copy of the float32 weight gradient would be
+        # the largest buffer of the whole head. (Calling backward through the
+        # same graph twice then fails on the version check instead of scaling twice.)
         grad_hidden, grad_weight = ctx.saved_tensors
         if grad_hidden is not None:
-            grad_hidden = grad_hidden * grad_loss.to(grad_hidden.dtype)
+            grad_hidden = grad_hidden.mul_(grad_loss.to(grad_hidden.dtype))
         if grad_weight is not None:
-            grad_weight = (grad_weight * grad_loss).to(ctx.weight_dtype)
+            grad_weight = grad_weight.mul_(grad_loss).to(ctx.weight_dtype)
         return grad_hidden, grad_weight, None, None, None, None, None, None, None, None
+
+
+def _accumulate(grad_weight: torch.Tensor, grad_t: torch.Tensor, h: torch.Tensor) -> None:
+    """grad_weight (float32) += grad_t @ h, without a `[vocab, hidden]` temporary where the device allows."""
+    if grad_t.dtype == grad_weight.dtype:
+        grad_weight.addmm_(grad_t, h)
+    elif _fp32_accumulating_addmm(grad_weight.device, grad_t.dtype):
+        torch.addmm(grad_weight, grad_t, h, torch.float32, out=grad_weight)
+    else:
+        grad_weight += (grad_t @ h).float()
+
+
+_ADDMM_PROBED: dict[tuple[torch.device, torch.dtype], bool] = {}
+
+
+def _fp32_accumulating_addmm(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether `addmm` on `device` multiplies `dtype` (bfloat16, float16) into a float32 output in place, correctly.
+
+    CUDA builds have it (`out_dtype`); others raise. Probed once per device on
+    a small case and checked against the float32 product, so a build that
+    lacks it, or gets it wrong, falls back to the plain path.
+    """
+    key = (device, dtype)
+    if key not in _ADDMM_PROBED:
+        ok = False
+        if device.type == "cuda":
+            try:
+                g = torch.Generator(device="cpu").manual_seed(0)
+                a = torch.randn(96, 40, generator=g).to(device, dtype)
+                b = torch.randn(40, 72, generator=g).to(device, dtype)
+                acc = torch.randn(96, 72, generator=g).to(device)
+                want = acc + a.float() @ b.float()
+                torch.addmm(acc, a, b, torch.float32, out=acc)
+                ok = bool(torch.allclose(acc, want, rtol=1e-4, atol=1e-4))
+            except (RuntimeError, TypeError, NotImplementedError):
+                ok = False
+        _ADDMM_PROBED[key] = ok
+    return _ADDMM_PROBED[key]
 
 
 def proof_kd_loss(
@@ -173,12 +310,19 @@ def proof_kd_loss(
     ignore_index: int = -100,
     chunk_size: int | None = None,
     kl_vocab: int | None = None,
+    compile: bool | None = None,
 ) -> tuple[torch.Tensor, LossStats]:
     """Proof-weighted CE mixed with T^2-scaled KL to the teacher; see `proofkd.plugin.loss`.
 
     Inputs are flat and already shifted: row i of `student_hidden` predicts
     `labels[i]`. Returns the scalar loss (differentiable in `student_hidden`
     and `student_weight`) and the detached `LossStats` sums.
+
+    `compile` runs each chunk's arithmetic on its logits through
+    `torch.compile` (one fused kernel per pass instead of one per operation);
+    None means on for CUDA tensors and off elsewhere. The first call compiles
+    (seconds), a new chunk shape once more; a backend that fails to compile
+    falls back to the eager path with a warning.
     """
     _check_shapes(student_hidden, student_weight, teacher_hidden, teacher_weight, labels, proof_mask, kd_coef)
     device = student_hidden.device
@@ -203,6 +347,7 @@ def proof_kd_loss(
         int(chunk_size or auto_chunk_size(student_weight.shape[0])),
         int(vocab),
         want_grad,
+        compile_by_default(device) if compile is None else bool(compile),
     )
     loss, sums = _ProofKDHead.apply(
         student_hidden,
