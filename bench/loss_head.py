@@ -15,7 +15,7 @@ Rows, for each token count N (all measured in this run, on the same inputs):
   weights, so it computes less than the others). It needs Triton on a GPU;
   the row says "not installed" or "needs CUDA" otherwise.
 * ours: `proofkd.plugin.loss.proof_kd_loss`, eager and with `compile=True`
-  (the default on CUDA; the warm-up calls absorb the compile).
+  (opt-in; the warm-up calls absorb the compile).
 
 Time is the median of `--repeats` calls after `--warmup` calls. "extra peak"
 is the peak allocated during one call beyond what existed before it (inputs)

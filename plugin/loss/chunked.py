@@ -169,8 +169,9 @@ def _give_up_compiling(error: Exception) -> None:
 
 
 def compile_by_default(device: torch.device) -> bool:
-    """The head compiles its per-chunk arithmetic by default on CUDA only (a CPU build pays seconds of C++ compile)."""
-    return device.type == "cuda"
+    """Off by default on every device: the compiled path is opt-in (`compile=True`, or the plugin's
+    `proofkd_compile_loss_head`) until it has been measured against the eager one where it runs."""
+    return False
 
 
 class _ProofKDHead(torch.autograd.Function):
@@ -320,7 +321,7 @@ def proof_kd_loss(
 
     `compile` runs each chunk's arithmetic on its logits through
     `torch.compile` (one fused kernel per pass instead of one per operation);
-    None means on for CUDA tensors and off elsewhere. The first call compiles
+    None means off (see `compile_by_default`). The first call compiles
     (seconds), a new chunk shape once more; a backend that fails to compile
     falls back to the eager path with a warning.
     """

@@ -99,11 +99,6 @@ def test_compiled_and_eager_heads_agree(seed):
         assert_close(fast[index], eager[index], 1e-5, 1e-7, what)
 
 
-def test_compile_defaults_on_for_cuda_only():
-    assert chunked.compile_by_default(torch.device("cuda"))
-    assert not chunked.compile_by_default(torch.device("cpu"))
-
-
 def test_a_failing_compiler_falls_back_to_the_eager_head(seed, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("no backend here")
