@@ -1,6 +1,7 @@
 """The `proofkd` command line.
 
     proofkd quickstart            Stage-1 distillation on the embedded default (CPU, offline)
+    proofkd quickstart --opd      on-policy distillation on the embedded default (CPU, offline)
     proofkd data build NAME       build a recipe's train/eval data from its manifest, with a report
     proofkd data list             the manifests that ship with proofkd
     proofkd export CKPT           convert to GGUF, quantise and verify, without publishing
@@ -21,9 +22,18 @@ from proofkd.logs import enable_console_logging
 
 
 def _quickstart(args: argparse.Namespace) -> int:
-    from proofkd.cli.quickstart import run
+    from proofkd.cli import quickstart
 
-    run(recipe=Path(args.recipe), output_dir=Path(args.output_dir))
+    if args.opd:
+        quickstart.run_opd(
+            recipe=Path(args.recipe or quickstart.OPD_RECIPE),
+            output_dir=Path(args.output_dir or "outputs/quickstart-opd"),
+        )
+    else:
+        quickstart.run(
+            recipe=Path(args.recipe or quickstart.DEFAULT_RECIPE),
+            output_dir=Path(args.output_dir or "outputs/quickstart"),
+        )
     return 0
 
 
@@ -127,8 +137,15 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     quick = commands.add_parser("quickstart", help="distil the embedded SmolLM2 teacher into a smaller student")
-    quick.add_argument("--recipe", default="yaml/quickstart/stage1_kd.yml", help="CPU recipe to train")
-    quick.add_argument("--output-dir", default="outputs/quickstart", help="where the student and summary go")
+    quick.add_argument(
+        "--opd", action="store_true", help="on-policy distillation instead (yaml/quickstart/opd.yml, held-out prompts)"
+    )
+    quick.add_argument(
+        "--recipe", default=None, help="CPU recipe to train (default: yaml/quickstart/stage1_kd.yml, or opd.yml)"
+    )
+    quick.add_argument(
+        "--output-dir", default=None, help="where the student and summary go (default: outputs/quickstart[-opd])"
+    )
     quick.set_defaults(func=_quickstart)
 
     data = commands.add_parser("data", help="build and inspect recipe data").add_subparsers(dest="data", required=True)

@@ -5,6 +5,11 @@
 2. measure the student against the teacher on held-out rows;
 3. run `axolotl train` on the CPU twin recipe;
 4. measure again, and print and save the before/after table.
+
+`proofkd quickstart --opd` does the same for on-policy distillation: it
+measures the student's exact reverse KL to the teacher on its own samples for
+held-out arithmetic prompts, runs `axolotl train yaml/quickstart/opd.yml`, and
+measures again.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from proofkd.logs import get_logger
 LOG = get_logger("proofkd.quickstart")
 
 DEFAULT_RECIPE = Path("yaml/quickstart/stage1_kd.yml")
+OPD_RECIPE = Path("yaml/quickstart/opd.yml")
+OPD_HELDOUT = "proofkd:arith-dapo?split=heldout&n=16&seed=0"
 
 
 def _resolve(value: str) -> Path:
@@ -64,13 +71,36 @@ def format_table(before: dict, after: dict, teacher: dict | None = None) -> str:
     return "\n".join(lines)
 
 
-def run(recipe: Path = DEFAULT_RECIPE, output_dir: Path = Path("outputs/quickstart")) -> dict:
+def _axolotl_train(recipe: Path, output: Path, prepared: Path) -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "axolotl.cli.main",
+        "train",
+        str(recipe),
+        "--launcher",
+        "python",
+        "--output-dir",
+        str(output),
+        "--dataset-prepared-path",
+        str(prepared),
+    ]
+    env = dict(os.environ)
+    env.setdefault("AXOLOTL_DO_NOT_TRACK", "1")
+    subprocess.run(command, check=True, env=env)
+
+
+def _check_recipe(recipe: Path) -> dict:
     if not recipe.is_file():
         raise SystemExit(
             f"recipe {recipe} not found: run `proofkd quickstart` from the repository root, or pass --recipe"
         )
+    return yaml.safe_load(recipe.read_text(encoding="utf-8"))
+
+
+def run(recipe: Path = DEFAULT_RECIPE, output_dir: Path = Path("outputs/quickstart")) -> dict:
+    cfg = _check_recipe(recipe)
     started = time.monotonic()
-    cfg = yaml.safe_load(recipe.read_text(encoding="utf-8"))
     LOG.info("step 1/4: materialising the embedded teacher, student and data (cached after the first run)")
     teacher_path = _resolve(cfg["proofkd_teacher"])
     student_path = _resolve(cfg["base_model"])
@@ -83,22 +113,7 @@ def run(recipe: Path = DEFAULT_RECIPE, output_dir: Path = Path("outputs/quicksta
 
     trained = output_dir / "student"
     LOG.info("step 3/4: axolotl train %s -> %s", recipe, trained)
-    command = [
-        sys.executable,
-        "-m",
-        "axolotl.cli.main",
-        "train",
-        str(recipe),
-        "--launcher",
-        "python",
-        "--output-dir",
-        str(trained),
-        "--dataset-prepared-path",
-        str(output_dir / "prepared"),
-    ]
-    env = dict(os.environ)
-    env.setdefault("AXOLOTL_DO_NOT_TRACK", "1")
-    subprocess.run(command, check=True, env=env)
+    _axolotl_train(recipe, trained, output_dir / "prepared")
 
     LOG.info("step 4/4: measuring the trained student on the same rows")
     after = _measure(trained, teacher_path, heldout, sequence_len, "after")
@@ -118,6 +133,79 @@ def run(recipe: Path = DEFAULT_RECIPE, output_dir: Path = Path("outputs/quicksta
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     (output_dir / "summary.md").write_text(table + "\n", encoding="utf-8")
     print("\nproofkd quickstart: distillation on the embedded default\n")
+    print(table)
+    print(f"\nwall time {summary['wall_seconds']:.0f} s; trained student in {trained}; summary in {output_dir}")
+    return summary
+
+
+def _measure_opd(student_path: Path, teacher_path: Path, rows: list[dict], cfg: dict, desc: str) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from proofkd.plugin.opd.evaluate import reverse_kl_on_prompts
+
+    trl = cfg.get("trl") or {}
+    tokenizer = AutoTokenizer.from_pretrained(teacher_path)
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_path, dtype=torch.float32)
+    student = AutoModelForCausalLM.from_pretrained(student_path, dtype=torch.float32)
+    return reverse_kl_on_prompts(
+        student,
+        teacher,
+        tokenizer,
+        rows,
+        max_new_tokens=int(trl.get("max_completion_length", 48)),
+        chat_template_kwargs=trl.get("chat_template_kwargs"),
+        desc=desc,
+    )
+
+
+def format_opd_table(before: dict, after: dict) -> str:
+    rows = [
+        ("exact KL(student \\|\\| teacher) on own samples, nats/token", "reverse_kl", "{:.3f}"),
+        ("mean k1 = log p_s - log p_t of sampled tokens", "k1", "{:.3f}"),
+        ("mean completion length, tokens", "mean_length", "{:.1f}"),
+        ("DAPO reward (+1 right, -1 wrong)", "reward", "{:+.3f}"),
+    ]
+    lines = ["| held-out metric | before | after |", "|---|---:|---:|"]
+    for label, key, fmt in rows:
+        lines.append(f"| {label} | {fmt.format(before[key])} | {fmt.format(after[key])} |")
+    return "\n".join(lines)
+
+
+def run_opd(
+    recipe: Path = OPD_RECIPE, output_dir: Path = Path("outputs/quickstart-opd"), heldout: str = OPD_HELDOUT
+) -> dict:
+    """On-policy distillation on the embedded default, measured before and after on held-out prompts."""
+    cfg = _check_recipe(recipe)
+    started = time.monotonic()
+    LOG.info("step 1/4: materialising the embedded teacher, student and prompts (cached after the first run)")
+    teacher_path = _resolve(cfg["proofkd_teacher"])
+    student_path = _resolve(cfg["base_model"])
+    rows = _rows(_resolve(heldout))
+    _resolve(cfg["datasets"][0]["path"])
+
+    LOG.info("step 2/4: measuring the student before training on %d held-out prompts", len(rows))
+    before = _measure_opd(student_path, teacher_path, rows, cfg, "before")
+
+    trained = output_dir / "student"
+    LOG.info("step 3/4: axolotl train %s -> %s", recipe, trained)
+    _axolotl_train(recipe, trained, output_dir / "prepared")
+
+    LOG.info("step 4/4: measuring the trained student on the same prompts")
+    after = _measure_opd(trained, teacher_path, rows, cfg, "after")
+
+    summary = {
+        "recipe": str(recipe),
+        "heldout": heldout,
+        "before": before,
+        "after": after,
+        "wall_seconds": round(time.monotonic() - started, 1),
+    }
+    table = format_opd_table(before, after)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    (output_dir / "summary.md").write_text(table + "\n", encoding="utf-8")
+    print("\nproofkd quickstart --opd: on-policy distillation on the embedded default\n")
     print(table)
     print(f"\nwall time {summary['wall_seconds']:.0f} s; trained student in {trained}; summary in {output_dir}")
     return summary

@@ -18,6 +18,9 @@ recipe; the plugin resolves them before Axolotl validates the config):
 - `proofkd:legal-sample?split=train|eval` - legal instructions written for
   proofkd in Lawyer-Instruct's schema, built by the Stage-2 manifest's builder
   (filters, seed 42, 95/5 split) exactly as the Hub data would be.
+- `proofkd:arith-dapo?split=train|heldout&n=N&seed=S` - arithmetic prompts in
+  DAPO-Math-17k's schema, built by the OPD manifest's builder into the rows the
+  OPD recipe reads (`prompt` as messages, `answer`).
 """
 
 from __future__ import annotations
@@ -142,6 +145,24 @@ def _stem_synthetic(ref: str, params: dict[str, str]) -> tuple[str, Callable[[Pa
 LEGAL_SAMPLE = Path(__file__).parent / "data" / "packaged" / "legal_instructions.jsonl"
 
 
+def _build_from_local_rows(manifest_name: str, rows_path: Path, split: str, dest: Path) -> None:
+    """Run the manifest's builder on a local copy of its (single) source; copy one split to `dest`."""
+    import shutil
+    import tempfile
+
+    from proofkd.data.builder import build as build_data
+    from proofkd.data.manifest import load_manifest
+
+    manifest = load_manifest(manifest_name)
+    with tempfile.TemporaryDirectory() as work:
+        root = Path(work) / "sources"
+        local = root / f"{manifest.sources[0].id}.jsonl"
+        local.parent.mkdir(parents=True)
+        shutil.copyfile(rows_path, local)
+        report = build_data(manifest, Path(work) / "out", source_root=root, count_tokens=False, progress=False)
+        shutil.copyfile(Path(report.output) / f"{split}.jsonl", dest)
+
+
 def _legal_sample(ref: str, params: dict[str, str]) -> tuple[str, Callable[[Path], None]]:
     _check_keys(ref, params, {"split"})
     split = params.get("split", "train")
@@ -149,28 +170,41 @@ def _legal_sample(ref: str, params: dict[str, str]) -> tuple[str, Callable[[Path
         raise EmbeddedReferenceError(f"{ref!r}: split must be train or eval")
 
     def build(dest: Path) -> None:
-        import shutil
-        import tempfile
-
-        from proofkd.data.builder import build as build_data
-        from proofkd.data.manifest import load_manifest
-
-        manifest = load_manifest("stage2_sft")
-        with tempfile.TemporaryDirectory() as work:
-            root = Path(work) / "sources"
-            local = root / f"{manifest.sources[0].id}.jsonl"
-            local.parent.mkdir(parents=True)
-            shutil.copyfile(LEGAL_SAMPLE, local)
-            report = build_data(manifest, Path(work) / "out", source_root=root, count_tokens=False, progress=False)
-            shutil.copyfile(Path(report.output) / f"{split}.jsonl", dest)
+        _build_from_local_rows("stage2_sft", LEGAL_SAMPLE, split, dest)
 
     return f"data/legal-sample-{split}.jsonl", build
+
+
+def _arith_dapo(ref: str, params: dict[str, str]) -> tuple[str, Callable[[Path], None]]:
+    import json
+    import tempfile
+
+    from proofkd.data import arith
+
+    _check_keys(ref, params, {"split", "n", "seed"})
+    split = params.get("split", "train")
+    if split not in arith.SPLITS:
+        raise EmbeddedReferenceError(f"{ref!r}: split must be one of {list(arith.SPLITS)}")
+    n = _int_param(ref, params, "n", 64)
+    seed = _int_param(ref, params, "seed", 0)
+
+    def build(dest: Path) -> None:
+        with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as handle:
+            handle.writelines(json.dumps(row) + "\n" for row in arith.generate(split, n, seed))
+        try:
+            # the OPD manifest keeps every row for training (no eval fraction)
+            _build_from_local_rows("opd", Path(handle.name), "train", dest)
+        finally:
+            Path(handle.name).unlink()
+
+    return f"data/arith-dapo-{split}-n{n}-seed{seed}.jsonl", build
 
 
 _MATERIALISERS = {
     SMOLLM2_NAME: _smollm2,
     "stem-synthetic": _stem_synthetic,
     "legal-sample": _legal_sample,
+    "arith-dapo": _arith_dapo,
 }
 
 

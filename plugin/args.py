@@ -1,9 +1,9 @@
-"""The plugin's config keys, validated by Axolotl together with the rest of the YAML.
+"""The plugins' config keys, validated by Axolotl together with the rest of the YAML.
 
-Axolotl merges this model into its own config model, so the validators here
-see the whole config: that is how options the plugin cannot honour (sample
+Axolotl merges these models into its own config model, so the validators here
+see the whole config: that is how options a plugin cannot honour (sample
 packing, say) are refused with the key and the fix named, before any model
-is loaded.
+is loaded. `TeacherArgs` holds the keys both plugins share.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from proofkd.templates import FINAL_ANSWER_MARKER, PROOF_MARKER
 
 
-class ProofKDArgs(BaseModel):
-    """Keys of `proofkd.plugin.ProofKDPlugin` (all prefixed `proofkd_`)."""
+class TeacherArgs(BaseModel):
+    """Where the teacher comes from: the keys Stage-1 distillation and OPD share."""
 
     proofkd_teacher: str | None = Field(
         default=None,
@@ -37,6 +37,36 @@ class ProofKDArgs(BaseModel):
         description="Extra keyword arguments for the teacher's from_pretrained, "
         "e.g. {experts_implementation: grouped_mm} for MoE teachers.",
     )
+    proofkd_teacher_server: str | None = Field(
+        default=None,
+        description="Base URL of an OpenAI-compatible server (vLLM) serving the teacher, e.g. http://host:8000/v1. "
+        "Serves OPD, which needs only the teacher's log-probabilities of given tokens.",
+    )
+    proofkd_teacher_server_model: str | None = Field(
+        default=None, description="The name the server knows the teacher by (default: proofkd_teacher)."
+    )
+    proofkd_teacher_server_timeout: float = Field(default=120.0, description="Seconds to wait for one request.")
+    proofkd_teacher_server_retries: int = Field(default=3, description="Attempts per request before giving up.")
+
+    @field_validator("proofkd_teacher_device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        head, _, index = value.partition(":")
+        if head not in ("auto", "cpu", "cuda", "mps", "xpu") or (index and not index.isdigit()):
+            raise ValueError(f"proofkd_teacher_device={value!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+        return value
+
+    @field_validator("proofkd_teacher_server_timeout", "proofkd_teacher_server_retries")
+    @classmethod
+    def _positive(cls, value: float, info) -> float:
+        if value <= 0:
+            raise ValueError(f"{info.field_name} must be > 0, got {value}")
+        return value
+
+
+class ProofKDArgs(TeacherArgs):
+    """Keys of `proofkd.plugin.ProofKDPlugin` (all prefixed `proofkd_`)."""
+
     proofkd_temperature: float = Field(default=2.0, description="Softmax temperature T of the KL term.")
     proofkd_ce_coef: float = Field(default=0.55, description="Weight of the proof-weighted CE in the loss.")
     proofkd_kd_coef: float = Field(default=0.45, description="Weight of T^2 * KL in the loss.")
@@ -53,6 +83,10 @@ class ProofKDArgs(BaseModel):
     )
     proofkd_chunk_size: int | None = Field(
         default=None, description="Tokens per loss chunk; default keeps each [chunk, vocab] buffer near 128 MiB."
+    )
+    proofkd_compile_loss_head: bool = Field(
+        default=False,
+        description="Run the loss head's per-chunk arithmetic through torch.compile (falls back to eager on failure).",
     )
 
     @field_validator("proofkd_temperature")
@@ -76,38 +110,87 @@ class ProofKDArgs(BaseModel):
             raise ValueError(f"proofkd_chunk_size must be a positive number of tokens, got {value}; or leave it unset")
         return value
 
-    @field_validator("proofkd_teacher_device")
+    @model_validator(mode="before")
     @classmethod
-    def _device(cls, value: str) -> str:
-        head, _, index = value.partition(":")
-        if head not in ("auto", "cpu", "cuda", "mps", "xpu") or (index and not index.isdigit()):
-            raise ValueError(f"proofkd_teacher_device={value!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    def _whole_config(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            _raise_if(_stage1_problems(data))
+        return data
+
+
+class OPDArgs(TeacherArgs):
+    """Keys of `proofkd.plugin.OPDPlugin`: on-policy distillation on Axolotl's GRPO path."""
+
+    proofkd_opd_estimator: Literal["k1", "k2", "k3"] = Field(
+        default="k1",
+        description="Per-token estimate of the reverse KL whose negative is the advantage: "
+        "k1 = log p_s - log p_t; k2 = (log p_s - log p_t)^2 / 2; k3 = exp(log p_t - log p_s) - (log p_t - log p_s) - 1.",
+    )
+    proofkd_opd_clamp: float = Field(default=10.0, description="Per-token estimates are clamped to [-clamp, clamp].")
+    proofkd_opd_coef: float = Field(default=1.0, description="Weight of the distillation policy-gradient loss.")
+    proofkd_opd_task_coef: float = Field(
+        default=0.0, description="Weight of a second clipped loss on the task reward's group-normalised advantage."
+    )
+    proofkd_opd_dual_clip: float | None = Field(
+        default=3.0, description="Dual-clip bound c on the ratio for negative advantages (PPO dual clip); none: off."
+    )
+    proofkd_opd_topk: int = Field(default=16, description="k of the top-k overlap-mass diagnostic (0 turns it off).")
+
+    @field_validator("proofkd_opd_clamp")
+    @classmethod
+    def _clamp(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError(f"proofkd_opd_clamp must be > 0, got {value}; the published recipe uses 10")
+        return value
+
+    @field_validator("proofkd_opd_coef", "proofkd_opd_task_coef", "proofkd_opd_topk")
+    @classmethod
+    def _non_negative(cls, value: float, info) -> float:
+        if value < 0:
+            raise ValueError(f"{info.field_name} must be >= 0, got {value}")
+        return value
+
+    @field_validator("proofkd_opd_dual_clip")
+    @classmethod
+    def _dual_clip(cls, value: float | None) -> float | None:
+        if value is not None and value <= 1:
+            raise ValueError(f"proofkd_opd_dual_clip must be > 1 (it bounds ratios above 1), got {value}")
         return value
 
     @model_validator(mode="before")
     @classmethod
     def _whole_config(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        problems = _config_problems(data)
-        if problems:
-            raise ValueError("proofkd cannot run this config:\n- " + "\n- ".join(problems))
+        if isinstance(data, dict):
+            _raise_if(_opd_problems(data))
         return data
 
 
-def _config_problems(cfg: dict) -> list[str]:
-    """Whole-config checks: each message names the key and what to do."""
+def _raise_if(problems: list[str]) -> None:
+    if problems:
+        raise ValueError("proofkd cannot run this config:\n- " + "\n- ".join(problems))
+
+
+def _teacher_problems(cfg: dict, needed: bool, alternative: str) -> list[str]:
+    get = cfg.get
     problems = []
+    if needed and not (get("proofkd_teacher") or get("proofkd_teacher_server")):
+        problems.append(f"proofkd_teacher is not set: name the teacher model (Hub id or path), {alternative}")
+    if get("proofkd_teacher_load_in_8bit") and get("proofkd_teacher_device", "auto") == "cpu":
+        problems.append("proofkd_teacher_load_in_8bit needs a CUDA device; set proofkd_teacher_device to cuda or auto")
+    return problems
+
+
+def _stage1_problems(cfg: dict) -> list[str]:
+    """Whole-config checks of Stage-1 distillation: each message names the key and what to do."""
     get = cfg.get
     ce = get("proofkd_ce_coef", 0.55)
     kd = get("proofkd_kd_coef", 0.45)
+    problems = []
     if ce == 0 and kd == 0:
         problems.append("proofkd_ce_coef and proofkd_kd_coef are both 0: nothing would be optimised")
-    if kd and not get("proofkd_teacher"):
-        problems.append(
-            "proofkd_teacher is not set: name the teacher model (Hub id or path), "
-            "or set proofkd_kd_coef: 0 for proof-weighted CE without a teacher"
-        )
+    problems += _teacher_problems(
+        cfg, needed=bool(kd), alternative="or set proofkd_kd_coef: 0 for proof-weighted CE without a teacher"
+    )
     start = get("proofkd_proof_start_marker", PROOF_MARKER)
     end = get("proofkd_proof_end_marker", FINAL_ANSWER_MARKER)
     if not start or not end or start == end:
@@ -122,8 +205,41 @@ def _config_problems(cfg: dict) -> list[str]:
         )
     if get("rl"):
         problems.append(
-            f"rl: {get('rl')} is set, but ProofKDPlugin trains Stage-1 distillation; remove rl for this recipe"
+            f"rl: {get('rl')} is set, but ProofKDPlugin trains Stage-1 distillation; for on-policy distillation "
+            "list proofkd.plugin.OPDPlugin instead"
         )
-    if get("proofkd_teacher_load_in_8bit") and get("proofkd_teacher_device", "auto") == "cpu":
-        problems.append("proofkd_teacher_load_in_8bit needs a CUDA device; set proofkd_teacher_device to cuda or auto")
+    if get("proofkd_teacher_server"):
+        problems.append(
+            "proofkd_teacher_server is set, but the Stage-1 loss needs the teacher's full distribution at every "
+            "token, which a server's top-k log-probabilities do not give; load the teacher in process (another "
+            "GPU with proofkd_teacher_device: cuda:1, or proofkd_teacher_load_in_8bit: true)"
+        )
+    return problems
+
+
+def _opd_problems(cfg: dict) -> list[str]:
+    """Whole-config checks of on-policy distillation."""
+    get = cfg.get
+    trl = get("trl") or {}
+    problems = _teacher_problems(
+        cfg, needed=True, alternative="or the URL of a server serving it (proofkd_teacher_server)"
+    )
+    if str(get("rl") or "") != "grpo":
+        problems.append("on-policy distillation runs on Axolotl's GRPO path: set rl: grpo")
+    if get("proofkd_opd_coef", 1.0) == 0 and get("proofkd_opd_task_coef", 0.0) == 0:
+        problems.append("proofkd_opd_coef and proofkd_opd_task_coef are both 0: nothing would be optimised")
+    if trl.get("temperature", 1.0) != 1.0:
+        problems.append(
+            f"trl.temperature is {trl.get('temperature')}: OPD compares the student's and teacher's log-probabilities "
+            "of the sampled tokens at temperature 1; set trl.temperature: 1.0"
+        )
+    if trl.get("use_liger_loss"):
+        problems.append("trl.use_liger_loss assumes one advantage per sequence; OPD's are per token: set it false")
+    if trl.get("beta"):
+        problems.append("trl.beta adds a KL to a reference model, which OPD does not use: set trl.beta: 0")
+    if not trl.get("reward_funcs"):
+        problems.append(
+            "trl.reward_funcs is empty, but the GRPO trainer needs one; use "
+            "proofkd.plugin.opd.rewards.dapo_math_reward (it is only logged while proofkd_opd_task_coef is 0)"
+        )
     return problems

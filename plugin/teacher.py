@@ -24,6 +24,7 @@ from torch import nn
 
 from proofkd.logs import get_logger
 from proofkd.plugin.heads import final_hidden_states, output_head, verify_linear_head
+from proofkd.plugin.logprobs import TokenScores, token_log_probs
 
 LOG = get_logger(__name__)
 
@@ -145,6 +146,19 @@ class InProcessTeacher:
         if attention_mask is not None:
             inputs["attention_mask"] = attention_mask.to(self.device)
         return final_hidden_states(self.model, **inputs).to(out_device)
+
+    @torch.no_grad()
+    def score(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_len: int, topk: int = 0
+    ) -> TokenScores:
+        """Log-probabilities `[B, T]` of the last `completion_len` tokens of each row (and their top-k)."""
+        hidden = self.hidden_states(input_ids, attention_mask)
+        positions = hidden[:, -completion_len - 1 : -1]
+        targets = input_ids[:, -completion_len:]
+        scores = token_log_probs(
+            positions.reshape(-1, positions.shape[-1]), self.output_weight, targets.reshape(-1), topk=topk
+        )
+        return scores.reshape(*targets.shape)
 
 
 def _probe_ids(model: nn.Module, device: torch.device) -> torch.Tensor:

@@ -46,6 +46,7 @@ class ProofKDConfig:
     proof_weight_schedule: str = "linear"
     ce_normalization: str = "weights"
     chunk_size: int | None = None
+    compile_head: bool = False
 
     @classmethod
     def from_cfg(cls, cfg) -> ProofKDConfig:
@@ -58,6 +59,7 @@ class ProofKDConfig:
             proof_weight_schedule=cfg.proofkd_proof_weight_schedule,
             ce_normalization=cfg.proofkd_ce_normalization,
             chunk_size=cfg.proofkd_chunk_size,
+            compile_head=bool(cfg.proofkd_compile_loss_head),
         )
 
 
@@ -175,6 +177,7 @@ class ProofKDTrainer(AxolotlTrainer):
                 kd_denominator=d_kd,
                 chunk_size=config.chunk_size,
                 kl_vocab=self.kl_vocab,
+                compile=config.compile_head,
             )
             stats_out.append(stats)
             return loss

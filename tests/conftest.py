@@ -66,3 +66,13 @@ def smollm2():
     from proofkd import embedded
 
     return embedded.resolve("proofkd:smollm2-135m-instruct")
+
+
+@pytest.fixture(autouse=True)
+def fresh_axolotl_plugins():
+    """Axolotl keeps registered plugins in a process-wide singleton; each test starts with none, as a run does."""
+    from axolotl.integrations.base import PluginManager
+
+    PluginManager.get_instance().plugins.clear()
+    yield
+    PluginManager.get_instance().plugins.clear()

@@ -23,7 +23,9 @@ STRATEGY = "proofkd.plugin.prompt_strategies.stage1"
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
-def make_tokenizer(path: Path, vocab_size: int = 600, split_pattern: str | None = None, chat_template: str | None = None):
+def make_tokenizer(
+    path: Path, vocab_size: int = 600, split_pattern: str | None = None, chat_template: str | None = None
+):
     """A byte-level BPE trained on Stage-1 text; `split_pattern` adds a regex Split first (as Qwen's has)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast

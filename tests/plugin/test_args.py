@@ -79,3 +79,72 @@ def test_teacher_free_weighted_ce_needs_no_teacher():
 def test_teacher_kwargs_pass_through():
     cfg = validate(proofkd_teacher_kwargs={"experts_implementation": "grouped_mm"})
     assert cfg.proofkd_teacher_kwargs == {"experts_implementation": "grouped_mm"}
+
+
+# --- OPDPlugin ---------------------------------------------------------------------------------
+
+OPD_PLUGIN = "proofkd.plugin.OPDPlugin"
+
+
+def validate_opd(**overrides) -> DictDefault:
+    trl = {"num_generations": 4, "reward_funcs": ["proofkd.plugin.opd.rewards.dapo_math_reward"]}
+    trl.update(overrides.pop("trl", {}))
+    cfg = {
+        "base_model": "student",
+        "plugins": [OPD_PLUGIN],
+        "rl": "grpo",
+        "proofkd_teacher": "teacher",
+        "trl": trl,
+        "datasets": [{"path": "prompts.jsonl", "ds_type": "json", "split": "train"}],
+        "skip_prepare_dataset": True,
+        "micro_batch_size": 4,
+        "gradient_accumulation_steps": 1,
+        "learning_rate": 1e-6,
+        "num_epochs": 1,
+        "sequence_len": 512,
+        "output_dir": "out",
+    }
+    cfg.update(overrides)
+    cfg = DictDefault(cfg)
+    prepare_plugins(cfg)
+    return validate_config(cfg)
+
+
+def test_opd_defaults_are_the_published_recipe():
+    cfg = validate_opd()
+    assert (cfg.proofkd_opd_estimator, cfg.proofkd_opd_clamp, cfg.proofkd_opd_coef) == ("k1", 10.0, 1.0)
+    assert (cfg.proofkd_opd_dual_clip, cfg.proofkd_opd_task_coef) == (3.0, 0.0)
+    assert cfg.proofkd_teacher_server is None
+
+
+def test_a_server_teacher_stands_in_for_the_in_process_one():
+    cfg = validate_opd(proofkd_teacher=None, proofkd_teacher_server="http://teacher:8000/v1")
+    assert cfg.proofkd_teacher_server == "http://teacher:8000/v1"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"proofkd_opd_estimator": "k4"}, "proofkd_opd_estimator"),
+        ({"proofkd_opd_clamp": 0}, "proofkd_opd_clamp must be > 0"),
+        ({"proofkd_opd_coef": -1}, "proofkd_opd_coef must be >= 0"),
+        ({"proofkd_opd_dual_clip": 0.5}, "proofkd_opd_dual_clip must be > 1"),
+        ({"proofkd_opd_coef": 0}, "both 0: nothing would be optimised"),
+        ({"proofkd_teacher": None}, "proofkd_teacher is not set.*proofkd_teacher_server"),
+        ({"rl": None}, "set rl: grpo"),
+        ({"trl": {"temperature": 0.7}}, "set trl.temperature: 1.0"),
+        ({"trl": {"beta": 0.04}}, "set trl.beta: 0"),
+        ({"trl": {"reward_funcs": []}}, "trl.reward_funcs is empty"),
+        ({"proofkd_teacher_server_retries": 0}, "proofkd_teacher_server_retries"),
+    ],
+)
+def test_bad_opd_values_name_the_key_and_the_fix(overrides, message):
+    with pytest.raises(Exception, match=message):
+        validate_opd(**overrides)
+
+
+def test_stage1_refuses_a_server_teacher_and_rl():
+    with pytest.raises(Exception, match="proofkd_teacher_server is set"):
+        validate(proofkd_teacher_server="http://teacher:8000/v1")
+    with pytest.raises(Exception, match="list proofkd.plugin.OPDPlugin instead"):
+        validate(rl="grpo")

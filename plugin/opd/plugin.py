@@ -1,0 +1,115 @@
+"""`OPDPlugin`: on-policy distillation on Axolotl's GRPO path.
+
+    plugins:
+      - proofkd.plugin.OPDPlugin
+    rl: grpo
+    proofkd_teacher: lllyx/Qwen3-4B-Base-GRPO      # or proofkd_teacher_server: http://host:8000/v1
+    proofkd_opd_estimator: k1
+    trl:
+      reward_funcs: [proofkd.plugin.opd.rewards.dapo_math_reward]
+      ...
+
+What each Axolotl hook does here:
+
+- `register`: resolves `proofkd:` references; joins a gloo process group on a
+  multi-process CPU launch (as the Stage-1 plugin does).
+- `get_training_args`: forwards `trl.chat_template_kwargs` and
+  `trl.generation_kwargs`, which Axolotl 0.19 validates but does not pass to
+  TRL's GRPO config (the published recipe needs `enable_thinking: false`).
+- `post_model_load`: keeps the model, since Axolotl's RL builder gives a
+  plugin's trainer none. Only the first: Axolotl then loads the model a
+  second time as GRPO's reference (even with `beta: 0`), and that copy must
+  not be the one trained, since Axolotl saves the first.
+- `post_trainer_create`: loads the teacher (in process, placed per rank like
+  the Stage-1 teacher; or a client of the teacher server), checks that it
+  shares the student's tokenizer, and attaches it.
+"""
+
+from __future__ import annotations
+
+from axolotl.integrations.base import BasePlugin
+
+from proofkd.logs import enable_console_logging, get_logger
+from proofkd.plugin import cpu_launch
+from proofkd.plugin.heads import output_head
+from proofkd.plugin.opd.trainer import OPDConfig, OPDTrainer
+from proofkd.plugin.references import resolve_embedded_references
+from proofkd.plugin.teacher import InProcessTeacher, TeacherSpec, check_compatible
+from proofkd.plugin.teacher_server import ServerTeacher
+from proofkd.plugin.trainer import JsonlLogCallback
+
+LOG = get_logger(__name__)
+
+
+class OPDPlugin(BasePlugin):
+    """Axolotl plugin for on-policy distillation (see the module docstring)."""
+
+    def __init__(self):
+        super().__init__()
+        self.model = None
+
+    def get_input_args(self):
+        return "proofkd.plugin.args.OPDArgs"
+
+    def register(self, cfg):
+        enable_console_logging()
+        if cpu_launch.is_cpu_multiprocess():
+            cpu_launch.start_cpu_process_group()
+        resolve_embedded_references(cfg)
+
+    def load_datasets(self, cfg, preprocess=False):
+        if cpu_launch.is_cpu_multiprocess():
+            cpu_launch.place_models_on_cpu(cfg)
+        return None
+
+    def get_training_args(self, cfg):
+        trl = cfg.trl or {}
+        forwarded = {}
+        for key in ("chat_template_kwargs", "generation_kwargs"):
+            value = trl.get(key) if isinstance(trl, dict) else getattr(trl, key, None)
+            if value:
+                forwarded[key] = dict(value)
+        return forwarded
+
+    def post_model_load(self, cfg, model):
+        if self.model is None:
+            self.model = model
+
+    def get_trainer_cls(self, cfg):
+        return OPDTrainer
+
+    def post_trainer_create(self, cfg, trainer):
+        if not isinstance(trainer, OPDTrainer):
+            raise TypeError(f"proofkd.plugin.OPDPlugin needs its own trainer, but {type(trainer).__name__} was built")
+        trainer.attach(OPDConfig.from_cfg(cfg), self._teacher(cfg, trainer))
+
+    def _teacher(self, cfg, trainer):
+        from transformers import AutoTokenizer
+
+        if cfg.proofkd_teacher_server:
+            model_name = cfg.proofkd_teacher_server_model or cfg.proofkd_teacher
+            LOG.info("teacher served at %s as %s", cfg.proofkd_teacher_server, model_name)
+            return ServerTeacher(
+                cfg.proofkd_teacher_server,
+                model_name,
+                timeout=cfg.proofkd_teacher_server_timeout,
+                retries=cfg.proofkd_teacher_server_retries,
+            )
+        spec = TeacherSpec(
+            name_or_path=cfg.proofkd_teacher,
+            device=cfg.proofkd_teacher_device,
+            dtype=cfg.proofkd_teacher_dtype,
+            load_in_8bit=cfg.proofkd_teacher_load_in_8bit,
+            kwargs=dict(cfg.proofkd_teacher_kwargs or {}),
+        )
+        teacher = InProcessTeacher.load(spec, cfg, trainer.accelerator, trainer.accelerator.device)
+        check_compatible(
+            trainer.processing_class,
+            AutoTokenizer.from_pretrained(cfg.proofkd_teacher),
+            student_rows=output_head(trainer.model).weight.shape[0],
+            teacher_rows=teacher.vocab_rows,
+        )
+        return teacher
+
+    def add_callbacks_post_trainer(self, cfg, trainer):
+        return [JsonlLogCallback()]

@@ -1,0 +1,134 @@
+"""A teacher behind an OpenAI-compatible inference server (vLLM), for teachers too big to sit beside the student.
+
+OPD needs only the teacher's log-probability of each token the student
+sampled. vLLM returns those for a prompt given as token ids when asked for
+`prompt_logprobs`: one entry per prompt position (the first is null), each a
+map from token id to `{"logprob": ..., "rank": ...}` holding the actual token
+and the top-k. The client sends each sequence (prompt and completion, padding
+removed) as the prompt of a one-token completion, so the server scores exactly
+the student's tokens. Rows go out `rows_per_request` at a time, so a rollout
+of long completions does not become one enormous answer.
+
+Requests time out after `timeout` seconds and are retried `retries` times with
+a growing pause on connection errors and 5xx answers; a 4xx answer (a wrong
+model name, say) fails at once. Every failure names the server and what to
+check.
+"""
+
+from __future__ import annotations
+
+import time
+
+import requests
+import torch
+
+from proofkd.logs import get_logger
+from proofkd.plugin.logprobs import TokenScores
+
+LOG = get_logger(__name__)
+
+
+class TeacherServerError(RuntimeError):
+    """The teacher server could not be reached or answered something unusable."""
+
+
+class ServerTeacher:
+    """Scores token sequences with a teacher served over HTTP (`/completions` with `prompt_logprobs`)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        timeout: float = 120.0,
+        retries: int = 3,
+        pause: float = 1.0,
+        rows_per_request: int = 8,
+    ):
+        if retries < 1 or timeout <= 0 or rows_per_request < 1:
+            raise ValueError("ServerTeacher needs retries >= 1, timeout > 0 and rows_per_request >= 1")
+        self.url = base_url.rstrip("/") + "/completions"
+        self.model = model
+        self.rows_per_request = rows_per_request
+        self.timeout = timeout
+        self.retries = retries
+        self.pause = pause
+        self.session = requests.Session()
+
+    def _post(self, payload: dict) -> dict:
+        last = None
+        for attempt in range(1, self.retries + 1):
+            try:
+                response = self.session.post(self.url, json=payload, timeout=self.timeout)
+            except requests.RequestException as error:
+                last = f"{type(error).__name__}: {error}"
+            else:
+                if response.status_code < 400:
+                    return response.json()
+                if response.status_code < 500:
+                    raise TeacherServerError(
+                        f"teacher server {self.url} refused the request ({response.status_code}): "
+                        f"{response.text[:300]}; check that it serves the model {self.model!r}"
+                    )
+                last = f"HTTP {response.status_code}: {response.text[:200]}"
+            if attempt < self.retries:
+                LOG.warning("teacher server %s: attempt %d failed (%s); retrying", self.url, attempt, last)
+                time.sleep(self.pause * attempt)
+        raise TeacherServerError(
+            f"teacher server {self.url} did not answer usefully in {self.retries} attempts "
+            f"(timeout {self.timeout:g} s each); last error: {last}. Is it running and reachable?"
+        )
+
+    @torch.no_grad()
+    def score(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_len: int, topk: int = 0
+    ) -> TokenScores:
+        """Log-probabilities `[B, T]` of the last `completion_len` tokens of each row (and their top-k)."""
+        rows = [ids[mask.bool()].tolist() for ids, mask in zip(input_ids.cpu(), attention_mask.cpu(), strict=True)]
+        # The completion is right-padded: row b holds real completion tokens at its last n_b real positions.
+        completion_real = attention_mask[:, -completion_len:].sum(-1).tolist()
+        choices = []
+        for start in range(0, len(rows), self.rows_per_request):
+            choices += self._prompt_logprobs(rows[start : start + self.rows_per_request], topk)
+        logps = torch.zeros(len(rows), completion_len)
+        top_ids = torch.zeros(len(rows), completion_len, max(topk, 1), dtype=torch.long)
+        top_lps = torch.full((len(rows), completion_len, max(topk, 1)), -float("inf"))
+        for b, (row, choice, n) in enumerate(zip(rows, choices, completion_real, strict=True)):
+            entries = choice.get("prompt_logprobs")
+            if not entries or len(entries) != len(row):
+                raise TeacherServerError(
+                    f"teacher server {self.url} returned no prompt_logprobs for row {b}; it must support "
+                    "vLLM's prompt_logprobs (vLLM's OpenAI-compatible server does)"
+                )
+            for t in range(n):
+                position = len(row) - n + t
+                entry = entries[position]
+                token = str(row[position])
+                if entry is None or token not in entry:
+                    raise TeacherServerError(f"teacher server {self.url}: no log-probability for token {token}")
+                logps[b, t] = float(entry[token]["logprob"])
+                if topk:
+                    ranked = sorted(entry.items(), key=lambda kv: kv[1].get("rank", 1 << 30))[:topk]
+                    for j, (tid, value) in enumerate(ranked):
+                        top_ids[b, t, j] = int(tid)
+                        top_lps[b, t, j] = float(value["logprob"])
+        device = input_ids.device
+        if not topk:
+            return TokenScores(logps.to(device))
+        return TokenScores(logps.to(device), top_ids.to(device), top_lps.to(device))
+
+    def _prompt_logprobs(self, rows: list[list[int]], topk: int) -> list[dict]:
+        answer = self._post(
+            {
+                "model": self.model,
+                "prompt": rows,
+                "max_tokens": 1,
+                "temperature": 0.0,
+                "prompt_logprobs": topk,
+            }
+        )
+        choices = answer.get("choices") if isinstance(answer, dict) else None
+        if not isinstance(choices, list) or len(choices) != len(rows):
+            got = len(choices) if isinstance(choices, list) else "no"
+            raise TeacherServerError(f"teacher server {self.url} answered {got} choices for {len(rows)} rows")
+        return sorted(choices, key=lambda c: c.get("index", 0))
