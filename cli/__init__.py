@@ -7,6 +7,7 @@
     proofkd export CKPT           convert to GGUF, quantise and verify, without publishing
     proofkd publish CKPT --repo   export, verify, write the model card and upload to the Hub
     proofkd resolve REF           materialise a proofkd: reference and print its path
+    proofkd eval --model N=SPEC   evaluate models side by side on lm-eval tasks, with a report
 
 Each subcommand imports its wing only when it runs, so `proofkd --help` is instant.
 """
@@ -18,6 +19,7 @@ import sys
 from pathlib import Path
 
 from proofkd import __version__
+from proofkd.cli import evaluate
 from proofkd.logs import enable_console_logging
 
 
@@ -192,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     resolve = commands.add_parser("resolve", help="materialise a proofkd: reference and print its path")
     resolve.add_argument("reference", help="e.g. proofkd:smollm2-135m-instruct?layers=10")
     resolve.set_defaults(func=_resolve)
+    evaluate.add_parser(commands)
     return parser
 
 
