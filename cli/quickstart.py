@@ -55,7 +55,7 @@ def _measure(student_path: Path, teacher_path: Path, rows: list[dict], sequence_
 
 def format_table(before: dict, after: dict, teacher: dict | None = None) -> str:
     rows = [
-        ("KL(teacher || student), T=1, nats/token", "kl"),
+        ("KL(teacher \\|\\| student), T=1, nats/token", "kl"),
         ("student CE, all tokens", "ce"),
         ("student CE, derivation tokens", "ce_proof"),
         ("student CE, other tokens", "ce_other"),
