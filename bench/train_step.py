@@ -111,7 +111,10 @@ def main() -> None:
     parser.add_argument("--dtype", choices=["bfloat16", "float32"], default=None)
     parser.add_argument("--chunk-size", type=int, default=None, help="rows per chunk of the loss head (default: auto)")
     parser.add_argument(
-        "--compile", choices=["auto", "on", "off"], default="auto", help="compile the loss head (auto: the library default, off)"
+        "--compile",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="compile the loss head (auto: the library default, off)",
     )
     parser.add_argument("--gradient-checkpointing", action="store_true", help="for the student, in both steps")
     parser.add_argument("--warmup", type=int, default=2)
