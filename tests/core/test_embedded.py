@@ -29,7 +29,8 @@ def test_parse_reference():
     [
         (
             "proofkd:nope",
-            "unknown reference 'proofkd:nope'; known: proofkd:legal-sample, proofkd:smollm2-135m-instruct",
+            "unknown reference 'proofkd:nope'; known: proofkd:arith-dapo, proofkd:legal-sample, "
+            "proofkd:smollm2-135m-instruct, proofkd:stem-synthetic",
         ),
         ("proofkd:smollm2-135m-instruct?layers=0", "layers must be between 1 and 30"),
         ("proofkd:smollm2-135m-instruct?layers=x", "layers='x' is not an integer"),
