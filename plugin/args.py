@@ -127,6 +127,11 @@ class OPDArgs(TeacherArgs):
         "k1 = log p_s - log p_t; k2 = (log p_s - log p_t)^2 / 2; k3 = exp(log p_t - log p_s) - (log p_t - log p_s) - 1.",
     )
     proofkd_opd_clamp: float = Field(default=10.0, description="Per-token estimates are clamped to [-clamp, clamp].")
+    proofkd_opd_advantage_from: Literal["current", "rollout"] = Field(
+        default="current",
+        description="Student log-probs of the estimate: the policy being updated (current), or the sampling "
+        "policy's, fixed per rollout (rollout). They agree on each rollout's first optimizer step.",
+    )
     proofkd_opd_coef: float = Field(default=1.0, description="Weight of the distillation policy-gradient loss.")
     proofkd_opd_task_coef: float = Field(
         default=0.0, description="Weight of a second clipped loss on the task reward's group-normalised advantage."

@@ -10,7 +10,7 @@ estimated by
 
 each clamped to [-c, c] (c = 10). The advantage of token t is A_t = -k(t),
 with no discount over the sequence: a token is judged by what the teacher
-thinks of it alone.
+thinks of it alone. s is the current student's (default) or the rollout's.
 
 The update is the PPO clipped objective with ratio r = exp(log pi - log pi_old):
 
@@ -29,6 +29,7 @@ from __future__ import annotations
 import torch
 
 ESTIMATORS = ("k1", "k2", "k3")
+ADVANTAGE_SOURCES = ("current", "rollout")
 LOG_RATIO_LIMIT = 20.0
 
 
@@ -102,13 +103,20 @@ def opd_loss(
     eps_high: float = 0.2,
     dual_clip: float | None = 3.0,
     normalizer: float | torch.Tensor = 1.0,
+    advantage_from: str = "current",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """coef * clipped loss with A = -k(current student, teacher) (+ task_coef * clipped loss on the task advantage).
+    """coef * clipped loss with A = -k(student, teacher) (+ task_coef * clipped loss on the task advantage).
 
-    The estimate uses the current student log-probs, detached: the advantage
-    is a constant of the surrogate, whose gradient flows through the ratio.
+    `advantage_from` picks the student log-probs of the estimate: "current"
+    (the policy being updated, detached) or "rollout" (`old_logps`, fixed
+    when the rollout was sampled, as a PPO advantage is). The two agree on
+    the first optimizer step of each rollout. Either way the advantage is a
+    constant of the surrogate, whose gradient flows through the ratio.
     """
-    advantages = -kl_estimate(logps.detach(), teacher_logps, estimator, clamp)
+    if advantage_from not in ADVANTAGE_SOURCES:
+        raise ValueError(f"advantage_from must be one of {', '.join(ADVANTAGE_SOURCES)}, got {advantage_from!r}")
+    student = logps.detach() if advantage_from == "current" else old_logps
+    advantages = -kl_estimate(student, teacher_logps, estimator, clamp)
     kwargs = dict(eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip, normalizer=normalizer)
     loss, stats = clipped_policy_loss(logps, old_logps, advantages, mask, **kwargs)
     loss = coef * loss

@@ -49,6 +49,7 @@ def opd_loss_reference(
     eps_high: float,
     dual_clip: float | None,
     normalizer: float,
+    advantage_from: str = "current",
 ) -> torch.Tensor:
     """The same loss as `opd_loss`, summed token by token in float64."""
     total = torch.zeros((), dtype=torch.float64)
@@ -60,7 +61,8 @@ def opd_loss_reference(
             s = logps[b, t].double()
             s_value = float(s.detach())
             old = float(old_logps[b, t])
-            advantage = -kl_estimate_reference(s_value, float(teacher_logps[b, t]), estimator, clamp)
+            judged = s_value if advantage_from == "current" else old
+            advantage = -kl_estimate_reference(judged, float(teacher_logps[b, t]), estimator, clamp)
             total = total + coef * token_loss_reference(s, old, advantage, eps_low, eps_high, dual_clip)
             if task_coef and task_advantages is not None:
                 task = float(task_advantages[b])

@@ -37,6 +37,7 @@ class OPDConfig:
     task_coef: float = 0.0
     dual_clip: float | None = 3.0
     topk: int = 16
+    advantage_from: str = "current"
 
     @classmethod
     def from_cfg(cls, cfg) -> OPDConfig:
@@ -47,6 +48,7 @@ class OPDConfig:
             task_coef=cfg.proofkd_opd_task_coef,
             dual_clip=cfg.proofkd_opd_dual_clip,
             topk=cfg.proofkd_opd_topk,
+            advantage_from=cfg.proofkd_opd_advantage_from,
         )
 
 
@@ -178,6 +180,7 @@ class OPDTrainer(AxolotlGRPOTrainer):
             eps_high=self.epsilon_high,
             dual_clip=self.opd.dual_clip,
             normalizer=normaliser,
+            advantage_from=self.opd.advantage_from,
         )
         mode = "train" if model.training else "eval"
         counts = self.accelerator.reduce(torch.stack([v.float() for v in stats.values()]), reduction="sum")

@@ -126,6 +126,7 @@ def test_a_server_teacher_stands_in_for_the_in_process_one():
     "overrides, message",
     [
         ({"proofkd_opd_estimator": "k4"}, "proofkd_opd_estimator"),
+        ({"proofkd_opd_advantage_from": "sampler"}, "proofkd_opd_advantage_from"),
         ({"proofkd_opd_clamp": 0}, "proofkd_opd_clamp must be > 0"),
         ({"proofkd_opd_coef": -1}, "proofkd_opd_coef must be >= 0"),
         ({"proofkd_opd_dual_clip": 0.5}, "proofkd_opd_dual_clip must be > 1"),

@@ -53,9 +53,11 @@ def test_k1_and_k3_are_unbiased_for_the_reverse_kl(seed, estimator):
 @pytest.mark.parametrize("estimator", ["k1", "k2", "k3"])
 @pytest.mark.parametrize("dual_clip", [3.0, None])
 @pytest.mark.parametrize("task_coef", [0.0, 0.7])
-def test_loss_and_gradient_match_reference(seed, estimator, dual_clip, task_coef):
+@pytest.mark.parametrize("advantage_from", ["current", "rollout"])
+def test_loss_and_gradient_match_reference(seed, estimator, dual_clip, task_coef, advantage_from):
     logps, old, teacher, mask, task = inputs(seed)
     kwargs = dict(
+        advantage_from=advantage_from,
         estimator=estimator,
         clamp=10.0,
         coef=1.3,
@@ -74,6 +76,21 @@ def test_loss_and_gradient_match_reference(seed, estimator, dual_clip, task_coef
     assert math.isclose(fast.item(), ref.item(), rel_tol=1e-5, abs_tol=1e-6)
     assert torch.allclose(fast_grad.double(), ref_grad, rtol=1e-4, atol=1e-6)
     assert torch.all(fast_grad[mask == 0] == 0)  # prompt and padding tokens get no gradient
+
+
+def test_the_advantage_source_matters_off_policy_only(seed):
+    logps, old, teacher, mask, _ = inputs(seed)
+    kwargs = dict(normalizer=float(mask.sum()), dual_clip=None)
+    current, _ = opd_loss(logps, old, teacher, mask, advantage_from="current", **kwargs)
+    rollout, _ = opd_loss(logps, old, teacher, mask, advantage_from="rollout", **kwargs)
+    assert not math.isclose(current.item(), rollout.item(), rel_tol=1e-4)
+    on_policy = logps.detach().clone()
+    same = [
+        opd_loss(on_policy, on_policy, teacher, mask, advantage_from=a, **kwargs)[0] for a in ("current", "rollout")
+    ]
+    assert torch.equal(same[0], same[1])
+    with pytest.raises(ValueError, match="advantage_from must be one of current, rollout"):
+        opd_loss(logps, old, teacher, mask, advantage_from="sampler")
 
 
 def test_on_policy_gradient_is_the_negative_advantage_per_token(seed):
