@@ -40,13 +40,18 @@ class TeacherArgs(BaseModel):
     proofkd_teacher_server: str | None = Field(
         default=None,
         description="Base URL of an OpenAI-compatible server (vLLM) serving the teacher, e.g. http://host:8000/v1. "
-        "Serves OPD, which needs only the teacher's log-probabilities of given tokens.",
+        "OPD reads the teacher's log-probability of each sampled token; Stage 1 its top-k at each position.",
     )
     proofkd_teacher_server_model: str | None = Field(
         default=None, description="The name the server knows the teacher by (default: proofkd_teacher)."
     )
     proofkd_teacher_server_timeout: float = Field(default=120.0, description="Seconds to wait for one request.")
     proofkd_teacher_server_retries: int = Field(default=3, description="Attempts per request before giving up.")
+    proofkd_teacher_server_topk: int = Field(
+        default=20,
+        description="Stage 1 with a teacher server: the KL runs over the teacher's top-k tokens at each position, "
+        "renormalised (vLLM serves up to its --max-logprobs, 20 by default).",
+    )
 
     @field_validator("proofkd_teacher_device")
     @classmethod
@@ -56,7 +61,7 @@ class TeacherArgs(BaseModel):
             raise ValueError(f"proofkd_teacher_device={value!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
         return value
 
-    @field_validator("proofkd_teacher_server_timeout", "proofkd_teacher_server_retries")
+    @field_validator("proofkd_teacher_server_timeout", "proofkd_teacher_server_retries", "proofkd_teacher_server_topk")
     @classmethod
     def _positive(cls, value: float, info) -> float:
         if value <= 0:
@@ -212,12 +217,6 @@ def _stage1_problems(cfg: dict) -> list[str]:
         problems.append(
             f"rl: {get('rl')} is set, but ProofKDPlugin trains Stage-1 distillation; for on-policy distillation "
             "list proofkd.plugin.OPDPlugin instead"
-        )
-    if get("proofkd_teacher_server"):
-        problems.append(
-            "proofkd_teacher_server is set, but the Stage-1 loss needs the teacher's full distribution at every "
-            "token, which a server's top-k log-probabilities do not give; load the teacher in process (another "
-            "GPU with proofkd_teacher_device: cuda:1, or proofkd_teacher_load_in_8bit: true)"
         )
     return problems
 

@@ -20,11 +20,13 @@ What each Axolotl hook does here:
   machine without an accelerator (`proofkd.plugin.cpu_launch`), then lets
   Axolotl load the data as usual.
 - `pre_model_load`: refuses a teacher whose tokenizer differs from the
-  student's, before the student is loaded.
+  student's, before the student is loaded (with a teacher server, when
+  `proofkd_teacher` names the served model's tokenizer).
 - `get_trainer_cls`, `get_collator_cls_and_kwargs`, `get_training_args`: the
   trainer, the collator that pads `proof_mask`, and `remove_unused_columns:
   false` so the mask reaches the trainer.
-- `post_trainer_create`: loads the teacher on each rank's device, checks both
+- `post_trainer_create`: loads the teacher on each rank's device (or connects
+  to the teacher server), checks both
   output heads and the vocabulary rows, attaches the teacher, and logs how many
   rows had a whole, truncated or missing derivation.
 """
@@ -89,7 +91,7 @@ class ProofKDPlugin(BasePlugin):
         return None
 
     def pre_model_load(self, cfg):
-        if not cfg.proofkd_kd_coef:
+        if not cfg.proofkd_kd_coef or not cfg.proofkd_teacher:
             return
         from transformers import AutoTokenizer
 
@@ -115,7 +117,9 @@ class ProofKDPlugin(BasePlugin):
         model = trainer.model
         verify_linear_head(model, model.get_input_embeddings().weight.new_ones(1, 8, dtype=int))
         teacher, kl_vocab = None, None
-        if cfg.proofkd_kd_coef:
+        if cfg.proofkd_kd_coef and cfg.proofkd_teacher_server:
+            teacher, kl_vocab = self._server_teacher(cfg, trainer)
+        elif cfg.proofkd_kd_coef:
             spec = TeacherSpec(
                 name_or_path=cfg.proofkd_teacher,
                 device=cfg.proofkd_teacher_device,
@@ -144,6 +148,25 @@ class ProofKDPlugin(BasePlugin):
                     counts["truncated"],
                     counts["none"],
                 )
+
+    def _server_teacher(self, cfg, trainer):
+        """A client of the teacher server; the KL runs over the teacher's top-k on the student's vocabulary rows."""
+        from proofkd.plugin.teacher_server import ServerTeacher
+
+        model_name = cfg.proofkd_teacher_server_model or cfg.proofkd_teacher
+        LOG.info(
+            "teacher served at %s as %s; the KL runs over its top-%d tokens at each position",
+            cfg.proofkd_teacher_server,
+            model_name,
+            cfg.proofkd_teacher_server_topk,
+        )
+        teacher = ServerTeacher(
+            cfg.proofkd_teacher_server,
+            model_name,
+            timeout=cfg.proofkd_teacher_server_timeout,
+            retries=cfg.proofkd_teacher_server_retries,
+        )
+        return teacher, output_head(trainer.model).weight.shape[0]
 
     def add_callbacks_post_trainer(self, cfg, trainer):
         return [JsonlLogCallback()]

@@ -1,7 +1,8 @@
 """A teacher behind an OpenAI-compatible inference server (vLLM), for teachers too big to sit beside the student.
 
 OPD needs only the teacher's log-probability of each token the student
-sampled. vLLM returns those for a prompt given as token ids when asked for
+sampled; Stage 1 takes the teacher's top-k at every position
+(`topk_by_position`), over which its KL then runs. vLLM returns those for a prompt given as token ids when asked for
 `prompt_logprobs`: one entry per prompt position (the first is null), each a
 map from token id to `{"logprob": ..., "rank": ...}` holding the actual token
 and the top-k. The client sends each sequence (prompt and completion, padding
@@ -116,6 +117,47 @@ class ServerTeacher:
         if not topk:
             return TokenScores(logps.to(device))
         return TokenScores(logps.to(device), top_ids.to(device), top_lps.to(device))
+
+    @torch.no_grad()
+    def topk_by_position(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, topk: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The teacher's top-k ids and log-probs `[B, L, k]` for the token at each position, given what precedes it.
+
+        Position j holds the teacher's distribution over the token at j (so
+        the student's hidden state at j - 1 is held to it). Positions that are
+        padding, or a row's first real token, have log-probs -inf. Padding may
+        be on either side.
+        """
+        if topk < 1:
+            raise ValueError(f"topk must be >= 1, got {topk}")
+        batch, length = input_ids.shape
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        ids_cpu, mask_cpu = input_ids.cpu(), mask.cpu().bool()
+        rows = [ids[real].tolist() for ids, real in zip(ids_cpu, mask_cpu, strict=True)]
+        positions = [real.nonzero().squeeze(1).tolist() for real in mask_cpu]
+        choices = []
+        for start in range(0, batch, self.rows_per_request):
+            choices += self._prompt_logprobs(rows[start : start + self.rows_per_request], topk)
+        top_ids = torch.zeros(batch, length, topk, dtype=torch.long)
+        top_lps = torch.full((batch, length, topk), -float("inf"))
+        for b, (row, where, choice) in enumerate(zip(rows, positions, choices, strict=True)):
+            entries = choice.get("prompt_logprobs")
+            if not entries or len(entries) != len(row):
+                raise TeacherServerError(
+                    f"teacher server {self.url} returned no prompt_logprobs for row {b}; it must support "
+                    "vLLM's prompt_logprobs (vLLM's OpenAI-compatible server does)"
+                )
+            for j in range(1, len(row)):
+                if not entries[j]:
+                    raise TeacherServerError(
+                        f"teacher server {self.url}: no log-probabilities at position {j} of row {b}"
+                    )
+                ranked = sorted(entries[j].items(), key=lambda kv: kv[1].get("rank", 1 << 30))[:topk]
+                for slot, (tid, value) in enumerate(ranked):
+                    top_ids[b, where[j], slot] = int(tid)
+                    top_lps[b, where[j], slot] = float(value["logprob"])
+        return top_ids.to(input_ids.device), top_lps.to(input_ids.device)
 
     def _prompt_logprobs(self, rows: list[list[int]], topk: int) -> list[dict]:
         answer = self._post(

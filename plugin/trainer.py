@@ -47,6 +47,7 @@ class ProofKDConfig:
     ce_normalization: str = "weights"
     chunk_size: int | None = None
     compile_head: bool = False
+    server_topk: int = 20
 
     @classmethod
     def from_cfg(cls, cfg) -> ProofKDConfig:
@@ -60,6 +61,7 @@ class ProofKDConfig:
             ce_normalization=cfg.proofkd_ce_normalization,
             chunk_size=cfg.proofkd_chunk_size,
             compile_head=bool(cfg.proofkd_compile_loss_head),
+            server_topk=cfg.proofkd_teacher_server_topk,
         )
 
 
@@ -150,13 +152,21 @@ class ProofKDTrainer(AxolotlTrainer):
                 d_ce = shifted_counts({"labels": labels, "proof_mask": proof_mask})[0]
             scale = 1
 
-        teacher_hidden = teacher_weight = None
+        teacher_hidden = teacher_weight = teacher_topk = None
         if config.kd_coef != 0:
             if self.teacher is None:
                 raise RuntimeError("ProofKDTrainer has no teacher: the plugin attaches one in post_trainer_create")
-            teacher_hidden = self.teacher.hidden_states(inputs["input_ids"], inputs.get("attention_mask"))
-            teacher_hidden = teacher_hidden[:, :-1].reshape(-1, teacher_hidden.shape[-1])
-            teacher_weight = self.teacher.output_weight
+            if hasattr(self.teacher, "topk_by_position"):  # a teacher server: its top-k at each position
+                ids, logps = self.teacher.topk_by_position(
+                    inputs["input_ids"], inputs.get("attention_mask"), config.server_topk
+                )
+                k = ids.shape[-1]
+                # position j + 1 holds the teacher's distribution of the token the student predicts at j
+                teacher_topk = (ids[:, 1:].reshape(-1, k), logps[:, 1:].reshape(-1, k))
+            else:
+                teacher_hidden = self.teacher.hidden_states(inputs["input_ids"], inputs.get("attention_mask"))
+                teacher_hidden = teacher_hidden[:, :-1].reshape(-1, teacher_hidden.shape[-1])
+                teacher_weight = self.teacher.output_weight
         flat_labels = labels[:, 1:].reshape(-1)
         flat_proof = proof_mask[:, 1:].reshape(-1)
         stats_out = []
@@ -178,6 +188,7 @@ class ProofKDTrainer(AxolotlTrainer):
                 chunk_size=config.chunk_size,
                 kl_vocab=self.kl_vocab,
                 compile=config.compile_head,
+                teacher_topk=teacher_topk,
             )
             stats_out.append(stats)
             return loss

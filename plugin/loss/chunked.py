@@ -52,10 +52,24 @@ def _chunk_terms(
     kl_vocab: int,
     want_grad: bool,
     compiled: bool,
+    topk: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Per-token CE and KL of one chunk, and d loss / d student logits in the weight's dtype (or None)."""
+    """Per-token CE and KL of one chunk, and d loss / d student logits in the weight's dtype (or None).
+
+    The teacher comes as hidden states and its output weight, or as `topk`
+    (ids and log-probabilities `[rows, k]`): then its logits are those
+    log-probabilities on the k ids and -inf elsewhere, so that the softmax at
+    T renormalises the teacher over its top-k.
+    """
     z = h @ student_weight.T  # h is already in the weight's dtype
-    t = None if kd_coef == 0 else (th.to(teacher_weight.dtype) @ teacher_weight.T)[:, :kl_vocab]
+    if kd_coef == 0:
+        t = None
+    elif topk is not None:
+        ids, logps = topk
+        t = torch.full((ids.shape[0], kl_vocab), -torch.inf, dtype=torch.float32, device=ids.device)
+        t.scatter_(1, ids, logps.float())
+    else:
+        t = (th.to(teacher_weight.dtype) @ teacher_weight.T)[:, :kl_vocab]
     ce_scale = ce_coef * c / d_ce
     kd_scale = kd_coef * temperature / d_kd
     args = (z, t, y, ce_scale, kd_scale, temperature, want_grad, student_weight.dtype)
@@ -182,6 +196,8 @@ class _ProofKDHead(torch.autograd.Function):
         student_weight,
         teacher_hidden,
         teacher_weight,
+        teacher_topk_ids,
+        teacher_topk_logps,
         labels,
         proof_mask,
         proof_weight,
@@ -219,6 +235,7 @@ class _ProofKDHead(torch.autograd.Function):
                 kl_vocab=kl_vocab,
                 want_grad=want_hidden or want_weight,
                 compiled=compiled,
+                topk=None if teacher_topk_ids is None else (teacher_topk_ids[idx], teacher_topk_logps[idx]),
             )
             loss += ce_coef * (c * ce).sum() / d_ce + kd_coef * temperature**2 * kl.sum() / d_kd
             sums += torch.stack(
@@ -253,7 +270,7 @@ class _ProofKDHead(torch.autograd.Function):
             grad_hidden = grad_hidden.mul_(grad_loss.to(grad_hidden.dtype))
         if grad_weight is not None:
             grad_weight = grad_weight.mul_(grad_loss).to(ctx.weight_dtype)
-        return grad_hidden, grad_weight, None, None, None, None, None, None, None, None
+        return grad_hidden, grad_weight, None, None, None, None, None, None, None, None, None, None
 
 
 def _accumulate(grad_weight: torch.Tensor, grad_t: torch.Tensor, h: torch.Tensor) -> None:
@@ -312,6 +329,7 @@ def proof_kd_loss(
     chunk_size: int | None = None,
     kl_vocab: int | None = None,
     compile: bool | None = None,
+    teacher_topk: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, LossStats]:
     """Proof-weighted CE mixed with T^2-scaled KL to the teacher; see `proofkd.plugin.loss`.
 
@@ -319,18 +337,28 @@ def proof_kd_loss(
     `labels[i]`. Returns the scalar loss (differentiable in `student_hidden`
     and `student_weight`) and the detached `LossStats` sums.
 
+    The teacher is `teacher_hidden` with `teacher_weight` (its whole
+    distribution), or `teacher_topk` = (ids, log-probs), each `[tokens, k]`,
+    as an inference server returns them: the KL then runs over the teacher's
+    top-k, renormalised at T (-inf log-probs mark unused slots).
+
     `compile` runs each chunk's arithmetic on its logits through
     `torch.compile` (one fused kernel per pass instead of one per operation);
     None means off (see `compile_by_default`). The first call compiles
     (seconds), a new chunk shape once more; a backend that fails to compile
     falls back to the eager path with a warning.
     """
-    _check_shapes(student_hidden, student_weight, teacher_hidden, teacher_weight, labels, proof_mask, kd_coef)
-    device = student_hidden.device
     valid = labels != ignore_index
-    vocab = kl_vocab or (
-        student_weight.shape[0] if teacher_weight is None else min(student_weight.shape[0], teacher_weight.shape[0])
-    )
+    if teacher_topk is not None:
+        vocab = kl_vocab or student_weight.shape[0]
+        _check_topk(teacher_topk, valid, vocab, student_hidden.shape[0])
+        teacher_hidden = teacher_weight = None
+    else:
+        _check_shapes(student_hidden, student_weight, teacher_hidden, teacher_weight, labels, proof_mask, kd_coef)
+        vocab = kl_vocab or (
+            student_weight.shape[0] if teacher_weight is None else min(student_weight.shape[0], teacher_weight.shape[0])
+        )
+    device = student_hidden.device
     if ce_denominator is None:
         proof = (proof_mask != 0) & valid
         ce_denominator = valid.sum() + (float(proof_weight) - 1.0) * proof.sum()
@@ -355,6 +383,8 @@ def proof_kd_loss(
         student_weight,
         teacher_hidden,
         teacher_weight,
+        None if teacher_topk is None else teacher_topk[0],
+        None if teacher_topk is None else teacher_topk[1],
         labels,
         proof_mask,
         w,
@@ -363,6 +393,24 @@ def proof_kd_loss(
         options,
     )
     return loss, LossStats(sums)
+
+
+def _check_topk(teacher_topk, valid: torch.Tensor, vocab: int, n: int) -> None:
+    ids, logps = teacher_topk
+    if ids.shape != logps.shape or ids.dim() != 2 or ids.shape[0] != n:
+        raise ValueError(
+            f"teacher_topk must be two [tokens, k] tensors for {n} tokens, got {tuple(ids.shape)} and "
+            f"{tuple(logps.shape)}"
+        )
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+        raise ValueError(f"teacher_topk ids must lie in [0, {vocab}), the vocabulary rows both models have")
+    empty = valid & ~torch.isfinite(logps).any(dim=1)
+    if bool(empty.any()):
+        row = int(empty.nonzero()[0, 0])
+        raise ValueError(
+            f"teacher_topk gives no finite log-probability for trained token {row} "
+            f"({int(empty.sum())} such tokens): the teacher scored fewer positions than the batch trains"
+        )
 
 
 def _check_shapes(student_hidden, student_weight, teacher_hidden, teacher_weight, labels, proof_mask, kd_coef):

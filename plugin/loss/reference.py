@@ -28,6 +28,7 @@ def proof_kd_loss_reference(
     kd_denominator: float | torch.Tensor | None = None,
     ignore_index: int = -100,
     kl_vocab: int | None = None,
+    teacher_topk: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, LossStats]:
     """Same contract as `proof_kd_loss`, computed in float64 without chunking."""
     valid = labels != ignore_index
@@ -43,8 +44,14 @@ def proof_kd_loss_reference(
     weights = torch.where(valid, weights, torch.zeros_like(ce))
 
     if kd_coef != 0:
-        vocab = kl_vocab or min(student_weight.shape[0], teacher_weight.shape[0])
-        teacher_logits = teacher_hidden.double() @ teacher_weight.double().T
+        if teacher_topk is not None:
+            vocab = kl_vocab or student_weight.shape[0]
+            ids, logps = teacher_topk
+            teacher_logits = torch.full((ids.shape[0], vocab), -torch.inf, dtype=torch.float64)
+            teacher_logits.scatter_(1, ids, logps.double())  # the teacher's top-k only; the rest has no mass
+        else:
+            vocab = kl_vocab or min(student_weight.shape[0], teacher_weight.shape[0])
+            teacher_logits = teacher_hidden.double() @ teacher_weight.double().T
         log_q_t = torch.log_softmax(teacher_logits[:, :vocab] / temperature, dim=-1)
         log_p_t = torch.log_softmax(student_logits[:, :vocab] / temperature, dim=-1)
         q_t = log_q_t.exp()

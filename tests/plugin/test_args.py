@@ -144,8 +144,10 @@ def test_bad_opd_values_name_the_key_and_the_fix(overrides, message):
         validate_opd(**overrides)
 
 
-def test_stage1_refuses_a_server_teacher_and_rl():
-    with pytest.raises(Exception, match="proofkd_teacher_server is set"):
-        validate(proofkd_teacher_server="http://teacher:8000/v1")
+def test_stage1_takes_a_server_teacher_and_refuses_rl():
+    cfg = validate(proofkd_teacher=None, proofkd_teacher_server="http://teacher:8000/v1")
+    assert cfg.proofkd_teacher_server_topk == 20
+    with pytest.raises(Exception, match="proofkd_teacher_server_topk must be > 0"):
+        validate(proofkd_teacher_server="http://teacher:8000/v1", proofkd_teacher_server_topk=0)
     with pytest.raises(Exception, match="list proofkd.plugin.OPDPlugin instead"):
         validate(rl="grpo")

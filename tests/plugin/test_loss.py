@@ -231,3 +231,63 @@ def test_shape_errors_name_the_input(seed, bad, message):
     kwargs.update(bad)
     with pytest.raises(ValueError, match=message):
         proof_kd_loss(proof_weight=2.5, **kwargs)
+
+
+# --- a teacher given as top-k log-probabilities (an inference server's answer) ------------------
+
+
+def topk_of(inputs, k, vocab=None):
+    """The teacher's top-k ids and log-probs at T = 1, as a server returns them."""
+    _, _, th, tw, _, _ = inputs
+    log_q = torch.log_softmax((th.double() @ tw.double().T)[:, :vocab], dim=-1)
+    top = log_q.topk(k, dim=-1)
+    return top.indices, top.values.float()
+
+
+def sparse_inputs(inputs):
+    hs, ws, _, _, labels, proof = inputs
+    return hs, ws, None, None, labels, proof
+
+
+@pytest.mark.parametrize("k", [1, 5, 41])
+@pytest.mark.parametrize("chunk_size", [3, None])
+def test_topk_teacher_matches_reference(seed, k, chunk_size):
+    inputs = make_inputs(seed)
+    compare(sparse_inputs(inputs), 2.5, chunk_size=chunk_size, teacher_topk=topk_of(inputs, k))
+
+
+def test_a_full_topk_is_the_whole_teacher(seed):
+    """With k = the vocabulary, the server's answer carries the whole distribution: same loss and gradients."""
+    inputs = make_inputs(seed)
+    dense = run(proof_kd_loss, inputs, 2.0, chunk_size=7)
+    sparse = run(proof_kd_loss, sparse_inputs(inputs), 2.0, chunk_size=7, teacher_topk=topk_of(inputs, 41))
+    for index, what in ((0, "loss"), (2, "grad of student hidden"), (3, "grad of student weight")):
+        assert_close(sparse[index], dense[index], 1e-4, 1e-6, what)
+
+
+def test_topk_renormalises_the_teacher_over_its_k_tokens(seed):
+    """k = 1 puts all the teacher's mass on its argmax: the KL is then -log p_T(argmax) of the student."""
+    inputs = make_inputs(seed, masked=0.0)
+    hs, ws, *_ = inputs
+    ids, logps = topk_of(inputs, 1)
+    _, stats = proof_kd_loss(*sparse_inputs(inputs), 1.0, temperature=2.0, teacher_topk=(ids, logps))
+    log_p_t = torch.log_softmax((hs.double() @ ws.double().T) / 2.0, dim=-1)
+    expected = -log_p_t.gather(1, ids).sum().detach()
+    assert math.isclose(float(stats.sums[4]), float(expected), rel_tol=1e-5)
+
+
+def test_topk_with_unused_slots_and_errors(seed):
+    inputs = make_inputs(seed)
+    ids, logps = topk_of(inputs, 6)
+    logps[:, 4:] = -torch.inf  # a server that answered fewer than k entries for every token
+    compare(sparse_inputs(inputs), 2.5, chunk_size=4, teacher_topk=(ids, logps))
+    labels = inputs[4]
+    trained = int((labels != -100).nonzero()[0, 0])
+    hollow = logps.clone()
+    hollow[trained] = -torch.inf
+    with pytest.raises(ValueError, match=f"no finite log-probability for trained token {trained}"):
+        proof_kd_loss(*sparse_inputs(inputs), 2.5, teacher_topk=(ids, hollow))
+    with pytest.raises(ValueError, match=r"ids must lie in \[0, 41\)"):
+        proof_kd_loss(*sparse_inputs(inputs), 2.5, teacher_topk=(ids + 41, logps))
+    with pytest.raises(ValueError, match="two \\[tokens, k\\] tensors"):
+        proof_kd_loss(*sparse_inputs(inputs), 2.5, teacher_topk=(ids[:-1], logps[:-1]))

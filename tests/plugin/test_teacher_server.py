@@ -1,99 +1,21 @@
 """The teacher-server client against a real HTTP server that this test starts on localhost.
 
-The server speaks the part of vLLM's OpenAI-compatible `/v1/completions` that
-OPD uses (`prompt_logprobs`), computed from the tiny teacher model, so the
-client's scores can be held to the in-process teacher's on the same batch. A
-script of answers per request lets the tests make it fail, stall and recover.
+The server (`fake_vllm.FakeVLLM`) computes `prompt_logprobs` from the tiny
+teacher model, so the client's scores can be held to the in-process teacher's
+on the same batch. A script of answers per request lets the tests make it
+fail, stall and recover.
 """
 
 from __future__ import annotations
 
-import json
-import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
+from fake_vllm import MODEL_NAME, FakeVLLM
 
 from proofkd.plugin.teacher import InProcessTeacher
 from proofkd.plugin.teacher_server import ServerTeacher, TeacherServerError
-
-MODEL_NAME = "tiny-teacher"
-
-
-class FakeVLLM:
-    """A local server: `/v1/completions` with `prompt_logprobs` from a real model, or scripted failures."""
-
-    def __init__(self, model):
-        self.model = model
-        self.script: list = []  # per request: "ok", an HTTP status, ("sleep", s), "no-logprobs", "few-choices"
-        self.requests: list[dict] = []
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                owner.requests.append({"path": self.path, "body": body})
-                action = owner.script.pop(0) if owner.script else "ok"
-                if isinstance(action, tuple) and action[0] == "sleep":
-                    time.sleep(action[1])
-                    action = "ok"
-                if isinstance(action, int):
-                    return self._send(action, {"error": {"message": f"scripted failure {action}"}})
-                if self.path != "/v1/completions" or body.get("model") != MODEL_NAME:
-                    return self._send(404, {"error": {"message": f"The model `{body.get('model')}` does not exist."}})
-                choices = [
-                    {"index": i, "text": "", "prompt_logprobs": owner.prompt_logprobs(row, body["prompt_logprobs"])}
-                    for i, row in enumerate(body["prompt"])
-                ]
-                if action == "no-logprobs":
-                    for choice in choices:
-                        choice.pop("prompt_logprobs")
-                if action == "few-choices":
-                    choices = choices[:-1]
-                choices.reverse()  # the client must order by index, not by position
-                return self._send(200, {"object": "text_completion", "model": MODEL_NAME, "choices": choices})
-
-            def _send(self, status, payload):
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @torch.no_grad()
-    def prompt_logprobs(self, row: list[int], k: int) -> list:
-        """vLLM's shape: None first, then per position {token id: {logprob, rank}} with the actual token and top-k."""
-        logits = self.model(torch.tensor([row])).logits[0].double()
-        logps = torch.log_softmax(logits, dim=-1)
-        out = [None]
-        for position in range(1, len(row)):
-            dist = logps[position - 1]
-            order = torch.argsort(dist, descending=True)
-            ranks = torch.empty_like(order)
-            ranks[order] = torch.arange(1, order.numel() + 1)
-            entry = {str(int(t)): {"logprob": float(dist[t]), "rank": int(ranks[t])} for t in order[:k]}
-            token = row[position]
-            entry[str(token)] = {"logprob": float(dist[token]), "rank": int(ranks[token])}
-            out.append(entry)
-        return out
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -185,3 +107,25 @@ def test_an_answer_without_what_opd_needs_is_refused(teacher_model, seed, action
 def test_bad_client_settings_are_refused():
     with pytest.raises(ValueError, match="retries >= 1"):
         ServerTeacher("http://127.0.0.1:1/v1", MODEL_NAME, retries=0)
+
+
+def test_topk_by_position_is_the_teachers_distribution_at_each_position(teacher_model, seed):
+    """Stage 1's view: position j holds the teacher's top-k for token j, with either padding side."""
+    ids, mask, _ = rollout_batch(seed, rows=3)
+    mask[2] = mask[2].flip(0)  # one row padded on the right only
+    ids = ids * mask
+    with FakeVLLM(teacher_model) as server:
+        top_ids, top_lps = ServerTeacher(server.url, MODEL_NAME, retries=1).topk_by_position(ids, mask, topk=5)
+    assert top_ids.shape == top_lps.shape == (3, ids.shape[1], 5)
+    for b in range(3):
+        where = mask[b].bool().nonzero().squeeze(1)
+        row = ids[b, where]
+        with torch.no_grad():
+            log_q = torch.log_softmax(teacher_model(row[None]).logits[0].double(), -1)
+        want = log_q.topk(5, dim=-1)
+        # the first real token and every padding position have no teacher entry
+        assert torch.isinf(top_lps[b, where[0]]).all()
+        assert torch.isinf(top_lps[b, ~mask[b].bool()]).all()
+        for j in range(1, len(where)):
+            assert torch.equal(top_ids[b, where[j]], want.indices[j - 1])
+            assert torch.allclose(top_lps[b, where[j]].double(), want.values[j - 1], atol=1e-5)

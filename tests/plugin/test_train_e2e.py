@@ -126,6 +126,49 @@ def test_gradient_checkpointing_gives_the_same_step(tiny, tmp_path_factory, base
     assert_same_steps(records, base["records"], steps=range(1, STEPS + 1))
 
 
+def test_a_teacher_server_serving_its_whole_distribution_gives_the_same_steps(tiny, tmp_path_factory, base):
+    """The teacher behind a local vLLM-style server, asked for a top-k as wide as the vocabulary: the
+    top-k KL is then the full KL, so every step matches the in-process teacher's."""
+    import torch
+    from fake_vllm import MODEL_NAME, FakeVLLM
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny["teacher"], dtype=torch.float32).eval()
+    rows = model.lm_head.weight.shape[0]
+    with FakeVLLM(model) as server:
+        records, output = variant(
+            tiny,
+            tmp_path_factory,
+            "server",
+            proofkd_teacher_server=server.url,
+            proofkd_teacher_server_model=MODEL_NAME,
+            proofkd_teacher_server_topk=rows,
+        )
+        served = len(server.requests)
+    assert "teacher served at" in output
+    assert served >= STEPS * 2  # one request per micro-batch at least
+    assert_same_steps(records, base["records"], steps=range(1, STEPS + 1), rel=1e-4)
+
+
+def test_a_narrow_teacher_server_top_k_still_trains(tiny, tmp_path_factory):
+    import torch
+    from fake_vllm import MODEL_NAME, FakeVLLM
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny["teacher"], dtype=torch.float32).eval()
+    with FakeVLLM(model) as server:
+        records, _ = variant(
+            tiny,
+            tmp_path_factory,
+            "server-top8",
+            proofkd_teacher_server=server.url,
+            proofkd_teacher_server_model=MODEL_NAME,
+            proofkd_teacher_server_topk=8,
+        )
+    assert all(math.isfinite(r["proofkd/kl"]) and r["proofkd/kl"] >= 0 for r in records)
+    assert records[-1]["loss"] < records[0]["loss"]
+
+
 def test_teacher_from_another_family_is_refused_before_training(tiny, smollm2, tmp_path):
     cfg = tiny_recipe(tmp_path, student=tiny["student"], teacher=smollm2, train_file=tiny["train"])
     code, output = axolotl_train(cfg, tmp_path)
