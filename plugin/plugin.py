@@ -36,13 +36,10 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 
-from axolotl.integrations.base import BasePlugin
-
-from proofkd.logs import enable_console_logging, get_logger
-from proofkd.plugin import cpu_launch
+from proofkd.logs import get_logger
+from proofkd.plugin.base import TrainingPlugin
 from proofkd.plugin.collator import ProofSpanCollator
 from proofkd.plugin.heads import output_head, verify_linear_head
-from proofkd.plugin.references import resolve_embedded_references
 from proofkd.plugin.teacher import InProcessTeacher, TeacherSpec, check_compatible
 from proofkd.plugin.trainer import JsonlLogCallback, ProofKDConfig, ProofKDTrainer
 from proofkd.templates import FINAL_ANSWER_MARKER, PROOF_MARKER
@@ -71,24 +68,16 @@ def count_span_statuses(dataset) -> Counter | None:
     return Counter(SpanStatus(v).name.lower() for v in dataset[column])
 
 
-class ProofKDPlugin(BasePlugin):
+class ProofKDPlugin(TrainingPlugin):
     """Axolotl plugin for proof-weighted KD with an online teacher (see module docstring)."""
 
     def get_input_args(self):
         return "proofkd.plugin.args.ProofKDArgs"
 
     def register(self, cfg):
-        enable_console_logging()
-        if cpu_launch.is_cpu_multiprocess():
-            cpu_launch.start_cpu_process_group()
-        resolve_embedded_references(cfg)
+        super().register(cfg)
         prepared = cfg.get("dataset_prepared_path") or DEFAULT_PREPARED_PATH
         cfg["dataset_prepared_path"] = f"{prepared}/proofkd-{data_fingerprint(cfg)}"
-
-    def load_datasets(self, cfg, preprocess=False):
-        if cpu_launch.is_cpu_multiprocess():
-            cpu_launch.place_models_on_cpu(cfg)
-        return None
 
     def pre_model_load(self, cfg):
         if not cfg.proofkd_kd_coef or not cfg.proofkd_teacher:

@@ -27,13 +27,10 @@ What each Axolotl hook does here:
 
 from __future__ import annotations
 
-from axolotl.integrations.base import BasePlugin
-
-from proofkd.logs import enable_console_logging, get_logger
-from proofkd.plugin import cpu_launch
+from proofkd.logs import get_logger
+from proofkd.plugin.base import TrainingPlugin
 from proofkd.plugin.heads import output_head
 from proofkd.plugin.opd.trainer import OPDConfig, OPDTrainer
-from proofkd.plugin.references import resolve_embedded_references
 from proofkd.plugin.teacher import InProcessTeacher, TeacherSpec, check_compatible
 from proofkd.plugin.teacher_server import ServerTeacher
 from proofkd.plugin.trainer import JsonlLogCallback
@@ -41,7 +38,7 @@ from proofkd.plugin.trainer import JsonlLogCallback
 LOG = get_logger(__name__)
 
 
-class OPDPlugin(BasePlugin):
+class OPDPlugin(TrainingPlugin):
     """Axolotl plugin for on-policy distillation (see the module docstring)."""
 
     def __init__(self):
@@ -50,17 +47,6 @@ class OPDPlugin(BasePlugin):
 
     def get_input_args(self):
         return "proofkd.plugin.args.OPDArgs"
-
-    def register(self, cfg):
-        enable_console_logging()
-        if cpu_launch.is_cpu_multiprocess():
-            cpu_launch.start_cpu_process_group()
-        resolve_embedded_references(cfg)
-
-    def load_datasets(self, cfg, preprocess=False):
-        if cpu_launch.is_cpu_multiprocess():
-            cpu_launch.place_models_on_cpu(cfg)
-        return None
 
     def get_training_args(self, cfg):
         trl = cfg.trl or {}
