@@ -109,13 +109,7 @@ class ProofKDPlugin(TrainingPlugin):
         if cfg.proofkd_kd_coef and cfg.proofkd_teacher_server:
             teacher, kl_vocab = self._server_teacher(cfg, trainer)
         elif cfg.proofkd_kd_coef:
-            spec = TeacherSpec(
-                name_or_path=cfg.proofkd_teacher,
-                device=cfg.proofkd_teacher_device,
-                dtype=cfg.proofkd_teacher_dtype,
-                load_in_8bit=cfg.proofkd_teacher_load_in_8bit,
-                kwargs=dict(cfg.proofkd_teacher_kwargs or {}),
-            )
+            spec = TeacherSpec.from_cfg(cfg)
             teacher = InProcessTeacher.load(spec, cfg, trainer.accelerator, trainer.args.device)
             from transformers import AutoTokenizer
 
@@ -142,18 +136,12 @@ class ProofKDPlugin(TrainingPlugin):
         """A client of the teacher server; the KL runs over the teacher's top-k on the student's vocabulary rows."""
         from proofkd.plugin.teacher_server import ServerTeacher
 
-        model_name = cfg.proofkd_teacher_server_model or cfg.proofkd_teacher
+        teacher = ServerTeacher.from_cfg(cfg)
         LOG.info(
             "teacher served at %s as %s; the KL runs over its top-%d tokens at each position",
-            cfg.proofkd_teacher_server,
-            model_name,
+            teacher.url,
+            teacher.model,
             cfg.proofkd_teacher_server_topk,
-        )
-        teacher = ServerTeacher(
-            cfg.proofkd_teacher_server,
-            model_name,
-            timeout=cfg.proofkd_teacher_server_timeout,
-            retries=cfg.proofkd_teacher_server_retries,
         )
         return teacher, output_head(trainer.model).weight.shape[0]
 

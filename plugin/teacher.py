@@ -43,6 +43,17 @@ class TeacherSpec:
     load_in_8bit: bool = False
     kwargs: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def from_cfg(cls, cfg) -> TeacherSpec:
+        """The in-process teacher a recipe's `proofkd_teacher*` keys describe."""
+        return cls(
+            name_or_path=cfg.proofkd_teacher,
+            device=cfg.proofkd_teacher_device,
+            dtype=cfg.proofkd_teacher_dtype,
+            load_in_8bit=cfg.proofkd_teacher_load_in_8bit,
+            kwargs=dict(cfg.proofkd_teacher_kwargs or {}),
+        )
+
 
 def resolve_dtype(spec_dtype: str, cfg) -> torch.dtype:
     """'auto' follows the run: bf16 if `bf16`, fp16 if `fp16`, else float32."""

@@ -56,6 +56,16 @@ class ServerTeacher:
         self.pause = pause
         self.session = requests.Session()
 
+    @classmethod
+    def from_cfg(cls, cfg) -> ServerTeacher:
+        """The client a recipe's `proofkd_teacher_server*` keys describe (the served name defaults to the teacher's)."""
+        return cls(
+            cfg.proofkd_teacher_server,
+            cfg.proofkd_teacher_server_model or cfg.proofkd_teacher,
+            timeout=cfg.proofkd_teacher_server_timeout,
+            retries=cfg.proofkd_teacher_server_retries,
+        )
+
     def _post(self, payload: dict) -> dict:
         last = None
         for attempt in range(1, self.retries + 1):

@@ -73,21 +73,10 @@ class OPDPlugin(TrainingPlugin):
         from transformers import AutoTokenizer
 
         if cfg.proofkd_teacher_server:
-            model_name = cfg.proofkd_teacher_server_model or cfg.proofkd_teacher
-            LOG.info("teacher served at %s as %s", cfg.proofkd_teacher_server, model_name)
-            return ServerTeacher(
-                cfg.proofkd_teacher_server,
-                model_name,
-                timeout=cfg.proofkd_teacher_server_timeout,
-                retries=cfg.proofkd_teacher_server_retries,
-            )
-        spec = TeacherSpec(
-            name_or_path=cfg.proofkd_teacher,
-            device=cfg.proofkd_teacher_device,
-            dtype=cfg.proofkd_teacher_dtype,
-            load_in_8bit=cfg.proofkd_teacher_load_in_8bit,
-            kwargs=dict(cfg.proofkd_teacher_kwargs or {}),
-        )
+            teacher = ServerTeacher.from_cfg(cfg)
+            LOG.info("teacher served at %s as %s", teacher.url, teacher.model)
+            return teacher
+        spec = TeacherSpec.from_cfg(cfg)
         teacher = InProcessTeacher.load(spec, cfg, trainer.accelerator, trainer.accelerator.device)
         check_compatible(
             trainer.processing_class,
