@@ -98,19 +98,11 @@ class ServerTeacher:
         rows = [ids[mask.bool()].tolist() for ids, mask in zip(input_ids.cpu(), attention_mask.cpu(), strict=True)]
         # The completion is right-padded: row b holds real completion tokens at its last n_b real positions.
         completion_real = attention_mask[:, -completion_len:].sum(-1).tolist()
-        choices = []
-        for start in range(0, len(rows), self.rows_per_request):
-            choices += self._prompt_logprobs(rows[start : start + self.rows_per_request], topk)
+        per_row = self._entries_per_row(rows, topk)
         logps = torch.zeros(len(rows), completion_len)
         top_ids = torch.zeros(len(rows), completion_len, max(topk, 1), dtype=torch.long)
         top_lps = torch.full((len(rows), completion_len, max(topk, 1)), -float("inf"))
-        for b, (row, choice, n) in enumerate(zip(rows, choices, completion_real, strict=True)):
-            entries = choice.get("prompt_logprobs")
-            if not entries or len(entries) != len(row):
-                raise TeacherServerError(
-                    f"teacher server {self.url} returned no prompt_logprobs for row {b}; it must support "
-                    "vLLM's prompt_logprobs (vLLM's OpenAI-compatible server does)"
-                )
+        for b, (row, entries, n) in enumerate(zip(rows, per_row, completion_real, strict=True)):
             for t in range(n):
                 position = len(row) - n + t
                 entry = entries[position]
@@ -146,18 +138,10 @@ class ServerTeacher:
         ids_cpu, mask_cpu = input_ids.cpu(), mask.cpu().bool()
         rows = [ids[real].tolist() for ids, real in zip(ids_cpu, mask_cpu, strict=True)]
         positions = [real.nonzero().squeeze(1).tolist() for real in mask_cpu]
-        choices = []
-        for start in range(0, batch, self.rows_per_request):
-            choices += self._prompt_logprobs(rows[start : start + self.rows_per_request], topk)
+        per_row = self._entries_per_row(rows, topk)
         top_ids = torch.zeros(batch, length, topk, dtype=torch.long)
         top_lps = torch.full((batch, length, topk), -float("inf"))
-        for b, (row, where, choice) in enumerate(zip(rows, positions, choices, strict=True)):
-            entries = choice.get("prompt_logprobs")
-            if not entries or len(entries) != len(row):
-                raise TeacherServerError(
-                    f"teacher server {self.url} returned no prompt_logprobs for row {b}; it must support "
-                    "vLLM's prompt_logprobs (vLLM's OpenAI-compatible server does)"
-                )
+        for b, (row, where, entries) in enumerate(zip(rows, positions, per_row, strict=True)):
             for j in range(1, len(row)):
                 if not entries[j]:
                     raise TeacherServerError(
@@ -168,6 +152,21 @@ class ServerTeacher:
                     top_ids[b, where[j], slot] = int(tid)
                     top_lps[b, where[j], slot] = float(value["logprob"])
         return top_ids.to(input_ids.device), top_lps.to(input_ids.device)
+
+    def _entries_per_row(self, rows: list[list[int]], topk: int) -> list[list]:
+        """Each row's `prompt_logprobs` (one entry per token), asked `rows_per_request` rows at a time."""
+        per_row = []
+        for start in range(0, len(rows), self.rows_per_request):
+            batch = rows[start : start + self.rows_per_request]
+            for offset, (row, choice) in enumerate(zip(batch, self._prompt_logprobs(batch, topk), strict=True)):
+                entries = choice.get("prompt_logprobs")
+                if not entries or len(entries) != len(row):
+                    raise TeacherServerError(
+                        f"teacher server {self.url} returned no prompt_logprobs for row {start + offset}; it must "
+                        "support vLLM's prompt_logprobs (vLLM's OpenAI-compatible server does)"
+                    )
+                per_row.append(entries)
+        return per_row
 
     def _prompt_logprobs(self, rows: list[list[int]], topk: int) -> list[dict]:
         answer = self._post(
