@@ -126,45 +126,37 @@ def test_gradient_checkpointing_gives_the_same_step(tiny, tmp_path_factory, base
     assert_same_steps(records, base["records"], steps=range(1, STEPS + 1))
 
 
-def test_a_teacher_server_serving_its_whole_distribution_gives_the_same_steps(tiny, tmp_path_factory, base):
-    """The teacher behind a local vLLM-style server, asked for a top-k as wide as the vocabulary: the
-    top-k KL is then the full KL, so every step matches the in-process teacher's."""
+def served_variant(tiny, tmp_path_factory, name, topk=None):
+    """A base-like run whose teacher is the tiny teacher behind a local vLLM-style server, asked for its top-k
+    (default: as wide as the vocabulary). Returns the records, the output and the number of requests served."""
     import torch
     from fake_vllm import MODEL_NAME, FakeVLLM
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny["teacher"], dtype=torch.float32).eval()
-    rows = model.lm_head.weight.shape[0]
     with FakeVLLM(model) as server:
         records, output = variant(
             tiny,
             tmp_path_factory,
-            "server",
+            name,
             proofkd_teacher_server=server.url,
             proofkd_teacher_server_model=MODEL_NAME,
-            proofkd_teacher_server_topk=rows,
+            proofkd_teacher_server_topk=topk or model.lm_head.weight.shape[0],
         )
-        served = len(server.requests)
+        return records, output, len(server.requests)
+
+
+def test_a_teacher_server_serving_its_whole_distribution_gives_the_same_steps(tiny, tmp_path_factory, base):
+    """The teacher behind a local vLLM-style server, asked for a top-k as wide as the vocabulary: the
+    top-k KL is then the full KL, so every step matches the in-process teacher's."""
+    records, output, served = served_variant(tiny, tmp_path_factory, "server")
     assert "teacher served at" in output
     assert served >= STEPS * 2  # one request per micro-batch at least
     assert_same_steps(records, base["records"], steps=range(1, STEPS + 1), rel=1e-4)
 
 
 def test_a_narrow_teacher_server_top_k_still_trains(tiny, tmp_path_factory):
-    import torch
-    from fake_vllm import MODEL_NAME, FakeVLLM
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(tiny["teacher"], dtype=torch.float32).eval()
-    with FakeVLLM(model) as server:
-        records, _ = variant(
-            tiny,
-            tmp_path_factory,
-            "server-top8",
-            proofkd_teacher_server=server.url,
-            proofkd_teacher_server_model=MODEL_NAME,
-            proofkd_teacher_server_topk=8,
-        )
+    records, _, _ = served_variant(tiny, tmp_path_factory, "server-top8", topk=8)
     assert all(math.isfinite(r["proofkd/kl"]) and r["proofkd/kl"] >= 0 for r in records)
     assert records[-1]["loss"] < records[0]["loss"]
 
