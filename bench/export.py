@@ -62,7 +62,7 @@ def main() -> None:
     if args.checkpoint:
         checkpoint = Path(args.checkpoint)
     else:
-        from proofkd import embedded
+        from proofkd.core import embedded
 
         checkpoint = embedded.resolve("proofkd:smollm2-135m-instruct")
     out = Path(args.out or tempfile.mkdtemp(prefix="proofkd-bench-"))

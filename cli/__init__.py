@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
-from proofkd import __version__
 from proofkd.cli import evaluate
-from proofkd.logs import enable_console_logging
+from proofkd.core.logs import enable_console_logging
 
 
 def _quickstart(args: argparse.Namespace) -> int:
@@ -40,8 +40,8 @@ def _quickstart(args: argparse.Namespace) -> int:
 
 
 def _data_build(args: argparse.Namespace) -> int:
-    from proofkd.data.builder import SourceError, build
-    from proofkd.data.manifest import load_manifest
+    from proofkd.core.data.builder import SourceError, build
+    from proofkd.core.data.manifest import load_manifest
 
     try:
         manifest = load_manifest(args.manifest)
@@ -61,7 +61,7 @@ def _data_build(args: argparse.Namespace) -> int:
 
 
 def _data_list(args: argparse.Namespace) -> int:
-    from proofkd.data.manifest import known_manifests, load_manifest
+    from proofkd.core.data.manifest import known_manifests, load_manifest
 
     for name in known_manifests():
         manifest = load_manifest(name)
@@ -70,7 +70,7 @@ def _data_list(args: argparse.Namespace) -> int:
 
 
 def _checkpoint(value: str):
-    from proofkd import embedded
+    from proofkd.core import embedded
 
     return embedded.resolve(value) if embedded.is_reference(value) else Path(value)
 
@@ -123,7 +123,7 @@ def _publish(args: argparse.Namespace) -> int:
 
 
 def _resolve(args: argparse.Namespace) -> int:
-    from proofkd import embedded
+    from proofkd.core import embedded
 
     try:
         print(embedded.resolve(args.reference))
@@ -135,7 +135,7 @@ def _resolve(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="proofkd", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--version", action="version", version=f"proofkd {__version__}")
+    parser.add_argument("--version", action="version", version=f"proofkd {version('proofkd')}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     quick = commands.add_parser("quickstart", help="distil the embedded SmolLM2 teacher into a smaller student")

@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 import yaml
-from proofkd import embedded
-from proofkd.logs import get_logger
+from proofkd.core import embedded
+from proofkd.core.logs import get_logger
 
 LOG = get_logger("proofkd.quickstart")
 

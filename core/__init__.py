@@ -1,9 +1,7 @@
-"""proofkd: proof-weighted and on-policy distillation of small reasoning models.
+"""The shared core: what more than one wing needs.
 
-The package root is the shared core (templates, embedded default, data,
-atomic I/O). The wings hang under it: `proofkd.plugin` (training, imported
-by Axolotl), `proofkd.evals` (lm-eval tasks), `proofkd.export` (GGUF), and
-`proofkd.cli` on top. The core imports none of them.
+Templates and markers, the embedded references, tokenisation with proof
+spans, the data manifests and builder, the reward rule, atomic I/O and
+logging. The wings (`proofkd.plugin`, `proofkd.evals`, `proofkd.export`)
+import it; it imports none of them, nor `proofkd.cli`.
 """
-
-__version__ = "0.1.0"

@@ -14,7 +14,7 @@ recipe; the plugin resolves them before Axolotl validates the config):
   30 decoder layers, evenly spaced (first and last kept), embeddings, final
   norm and tied head copied.
 - `proofkd:stem-synthetic?split=train|heldout&n=N&seed=S` - a JSONL file of
-  generated STEM problems in the Stage-1 schema (see `proofkd.data.stem`).
+  generated STEM problems in the Stage-1 schema (see `proofkd.core.data.stem`).
 - `proofkd:legal-sample?split=train|eval` - legal instructions written for
   proofkd in Lawyer-Instruct's schema, built by the Stage-2 manifest's builder
   (filters, seed 42, 95/5 split) exactly as the Hub data would be.
@@ -30,8 +30,8 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from proofkd.io import atomic_path, cache_dir, exclusive
-from proofkd.logs import get_logger
+from proofkd.core.io import atomic_path, cache_dir, exclusive
+from proofkd.core.logs import get_logger
 
 LOG = get_logger(__name__)
 
@@ -127,7 +127,7 @@ def _smollm2(ref: str, params: dict[str, str]) -> tuple[str, Callable[[Path], No
 
 
 def _stem_synthetic(ref: str, params: dict[str, str]) -> tuple[str, Callable[[Path], None]]:
-    from proofkd.data.stem import SPLITS, write_jsonl
+    from proofkd.core.data.stem import SPLITS, write_jsonl
 
     _check_keys(ref, params, {"split", "n", "seed"})
     split = params.get("split", "train")
@@ -150,8 +150,8 @@ def _build_from_local_rows(manifest_name: str, rows_path: Path, split: str, dest
     import shutil
     import tempfile
 
-    from proofkd.data.builder import build as build_data
-    from proofkd.data.manifest import load_manifest
+    from proofkd.core.data.builder import build as build_data
+    from proofkd.core.data.manifest import load_manifest
 
     manifest = load_manifest(manifest_name)
     with tempfile.TemporaryDirectory() as work:
@@ -179,7 +179,7 @@ def _arith_dapo(ref: str, params: dict[str, str]) -> tuple[str, Callable[[Path],
     import json
     import tempfile
 
-    from proofkd.data import arith
+    from proofkd.core.data import arith
 
     _check_keys(ref, params, {"split", "n", "seed"})
     split = params.get("split", "train")

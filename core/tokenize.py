@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-from proofkd.templates import (
+from proofkd.core.templates import (
     FINAL_ANSWER_MARKER,
     PROOF_MARKER,
     RenderedText,

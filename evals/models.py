@@ -1,7 +1,7 @@
 """The models of a side-by-side evaluation: `NAME=SPEC` arguments, checked and turned into lm-eval model arguments.
 
 SPEC is an HF checkpoint folder, a `proofkd:` reference (built in the cache
-by `proofkd.embedded`), or a `.gguf` file, which lm-eval's `hf` model reads
+by `proofkd.core.embedded`), or a `.gguf` file, which lm-eval's `hf` model reads
 with `gguf_file=` (dequantised into torch). A GGUF needs the model's HF
 tokenizer files beside it or named with `::tokenizer=<hf folder>`: the
 tokenizer transformers reads from a llama GGUF mislabels its end-of-sequence
@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from proofkd import embedded
+from proofkd.core import embedded
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from proofkd.evals import TASKS_DIR
 from proofkd.evals.models import EvalSetupError, ModelSpec, ModelSpecError, model_args
-from proofkd.io import atomic_path
+from proofkd.core.io import atomic_path
 
 
 class UnknownTaskError(EvalSetupError):

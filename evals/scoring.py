@@ -13,7 +13,7 @@ which hold the scoring rules and are tested without a model:
   item's key terms the answer uses, matched on Porter stems (so "negligent"
   finds "negligence") or on variants listed as `term|variant`. The tasks
   leave out terms the question already uses (`proofkd.evals.data`).
-- Competition math: DAPO's own reward (`proofkd.rewards`), so evaluation and
+- Competition math: DAPO's own reward (`proofkd.core.rewards`), so evaluation and
   on-policy training judge answers alike.
 """
 
@@ -24,7 +24,7 @@ import threading
 from dataclasses import dataclass
 from functools import cache
 
-from proofkd.rewards import dapo_reward, last_answer
+from proofkd.core.rewards import dapo_reward, last_answer
 
 FINAL_ANSWER = re.compile(r"final\s+answer\s*:", re.IGNORECASE)
 _BLANK_LINE = re.compile(r"\n\s*\n")

@@ -33,8 +33,8 @@ import torch
 from safetensors import safe_open
 from tqdm.auto import tqdm
 
-from proofkd.io import atomic_path
-from proofkd.logs import get_logger
+from proofkd.core.io import atomic_path
+from proofkd.core.logs import get_logger
 
 from .tokenizer import add_tokenizer
 

@@ -19,8 +19,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from proofkd.io import atomic_path
-from proofkd.logs import get_logger
+from proofkd.core.io import atomic_path
+from proofkd.core.logs import get_logger
 
 from .card import model_card
 from .convert import ARCHITECTURES, convert

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from proofkd.io import atomic_path
+from proofkd.core.io import atomic_path
 
 # llama.cpp's file types (llama_ftype), by the names proofkd publishes.
 FILE_TYPES = {"F16": 1, "Q8_0": 7, "Q4_K_M": 15, "Q5_K_M": 17}

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from proofkd.templates import FINAL_ANSWER_MARKER, PROOF_MARKER
+from proofkd.core.templates import FINAL_ANSWER_MARKER, PROOF_MARKER
 
 
 class TeacherArgs(BaseModel):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from axolotl.integrations.base import BasePlugin
 
-from proofkd.logs import enable_console_logging
+from proofkd.core.logs import enable_console_logging
 from proofkd.plugin import cpu_launch
 from proofkd.plugin.references import resolve_embedded_references
 

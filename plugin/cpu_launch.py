@@ -17,7 +17,7 @@ import os
 
 import torch
 
-from proofkd.logs import get_logger
+from proofkd.core.logs import get_logger
 
 LOG = get_logger(__name__)
 

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from proofkd.plugin.heads import final_hidden_states, output_head
 from proofkd.plugin.loss import LossStats, proof_kd_loss_reference
-from proofkd.tokenize import tokenize_stage1
+from proofkd.core.tokenize import tokenize_stage1
 
 
 @torch.no_grad()

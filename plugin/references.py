@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from axolotl.integrations.base import BasePlugin
 
-from proofkd import embedded
-from proofkd.logs import enable_console_logging
+from proofkd.core import embedded
+from proofkd.core.logs import enable_console_logging
 
 
 def resolve_embedded_references(cfg) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from proofkd.logs import get_logger
+from proofkd.core.logs import get_logger
 from proofkd.plugin.heads import final_hidden_states, output_head, verify_linear_head
 from proofkd.plugin.logprobs import TokenScores, token_log_probs
 

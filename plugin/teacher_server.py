@@ -23,7 +23,7 @@ import time
 import requests
 import torch
 
-from proofkd.logs import get_logger
+from proofkd.core.logs import get_logger
 from proofkd.plugin.logprobs import TokenScores
 
 LOG = get_logger(__name__)

@@ -24,7 +24,7 @@ import torch
 from axolotl.core.trainers.base import AxolotlTrainer
 from transformers import TrainerCallback
 
-from proofkd.logs import get_logger
+from proofkd.core.logs import get_logger
 from proofkd.plugin.heads import head_replaced
 from proofkd.plugin.loss import LossStats, proof_kd_loss
 from proofkd.plugin.schedule import proof_weight_at

@@ -41,7 +41,7 @@ def tiny(tmp_path_factory):
     """A tiny tokenizer, teacher (2 layers, hidden 64, pre-trained a little), student (1 layer, hidden 32), data."""
     from helpers import make_model, make_tokenizer, pretrain, write_stage1_jsonl
 
-    from proofkd.data.stem import generate
+    from proofkd.core.data.stem import generate
 
     root = tmp_path_factory.mktemp("tiny")
     make_tokenizer(root / "tokenizer")
@@ -63,7 +63,7 @@ def tiny(tmp_path_factory):
 @pytest.fixture(scope="session")
 def smollm2():
     """The embedded SmolLM2-135M-Instruct teacher (materialised once into the user cache)."""
-    from proofkd import embedded
+    from proofkd.core import embedded
 
     return embedded.resolve("proofkd:smollm2-135m-instruct")
 

@@ -14,9 +14,9 @@ import json
 import shutil
 from pathlib import Path
 
-from proofkd.data import arith, stem
-from proofkd.data.manifest import load_manifest
-from proofkd.embedded import LEGAL_SAMPLE
+from proofkd.core.data import arith, stem
+from proofkd.core.data.manifest import load_manifest
+from proofkd.core.embedded import LEGAL_SAMPLE
 
 PER_SOURCE = 5
 PLANTED = {"exact_duplicates": 3, "duplicate_prompts": 1, "empty_fields": 2}

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 import yaml
-from proofkd.data.stem import generate
-from proofkd.templates import render_stage1
+from proofkd.core.data.stem import generate
+from proofkd.core.templates import render_stage1
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN = "proofkd.plugin.ProofKDPlugin"
@@ -106,7 +106,7 @@ def pretrain(model_dir: Path, rows: list[dict], *, steps: int = 60, lr: float = 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from proofkd.tokenize import tokenize_stage1
+    from proofkd.core.tokenize import tokenize_stage1
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)

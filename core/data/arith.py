@@ -4,7 +4,7 @@ For the on-policy distillation CPU twin and the offline tests: each row is
 `{data_source, prompt: [{role: user, content}], ability, reward_model:
 {ground_truth, style}, extra_info: {index}}`, the prompt in DAPO's template, so
 the same builder, reward and chat template serve the real data and these.
-Deterministic in `seed`; `split` draws disjoint problems like `proofkd.data.stem`.
+Deterministic in `seed`; `split` draws disjoint problems like `proofkd.core.data.stem`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import zlib
 
-from proofkd.templates import render_dapo_prompt
+from proofkd.core.templates import render_dapo_prompt
 
 SPLITS = ("train", "heldout")
 

@@ -30,11 +30,11 @@ from pathlib import Path
 import numpy as np
 
 import yaml
-from proofkd.data.manifest import FilterSpec, Manifest, Source
-from proofkd.io import atomic_path
-from proofkd.logs import get_logger
-from proofkd.templates import render_stage1, render_stage2
-from proofkd.tokenize import stage2_instruction
+from proofkd.core.data.manifest import FilterSpec, Manifest, Source
+from proofkd.core.io import atomic_path
+from proofkd.core.logs import get_logger
+from proofkd.core.templates import render_stage1, render_stage2
+from proofkd.core.tokenize import stage2_instruction
 
 LOG = get_logger(__name__)
 

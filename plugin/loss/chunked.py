@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from proofkd.logs import get_logger
+from proofkd.core.logs import get_logger
 from proofkd.plugin.loss.stats import FIELDS, LossStats
 
 LOG = get_logger(__name__)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from proofkd.rewards import dapo_reward
+from proofkd.core.rewards import dapo_reward
 
 
 @torch.no_grad()

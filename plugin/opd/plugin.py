@@ -27,7 +27,7 @@ What each Axolotl hook does here:
 
 from __future__ import annotations
 
-from proofkd.logs import get_logger
+from proofkd.core.logs import get_logger
 from proofkd.plugin.base import TrainingPlugin
 from proofkd.plugin.heads import output_head
 from proofkd.plugin.opd.trainer import OPDConfig, OPDTrainer

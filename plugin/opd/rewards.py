@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proofkd.rewards import dapo_reward
+from proofkd.core.rewards import dapo_reward
 
 
 def _text(completion) -> str:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from axolotl.core.trainers.grpo.trainer import AxolotlGRPOTrainer
 
-from proofkd.logs import get_logger
+from proofkd.core.logs import get_logger
 from proofkd.plugin.heads import final_hidden_states, output_head
 from proofkd.plugin.logprobs import TokenScores, overlap_mass, token_log_probs
 from proofkd.plugin.opd.losses import kl_estimate, opd_loss

@@ -7,9 +7,9 @@ Use it in a recipe as
         type: proofkd.plugin.prompt_strategies.stage1
 
 Each row needs the string columns `question`, `CoT` and `response`. The row
-is rendered (`proofkd.templates.render_stage1`), tokenised once with character
+is rendered (`proofkd.core.templates.render_stage1`), tokenised once with character
 offsets, and every token whose first character lies in the derivation gets
-`proof_mask = 1` (`proofkd.tokenize.tokenize_stage1`). The mask therefore
+`proof_mask = 1` (`proofkd.core.tokenize.tokenize_stage1`). The mask therefore
 follows the tokenizer's own merges; no token ids are guessed.
 
 Rows are handled on purpose when the derivation is not whole:
@@ -30,8 +30,8 @@ from __future__ import annotations
 
 from axolotl.prompt_tokenizers import PromptTokenizingStrategy
 
-from proofkd.templates import FINAL_ANSWER_MARKER, PROOF_MARKER
-from proofkd.tokenize import STAGE1_COLUMNS, SpanStatus, tokenize_stage1
+from proofkd.core.templates import FINAL_ANSWER_MARKER, PROOF_MARKER
+from proofkd.core.tokenize import STAGE1_COLUMNS, SpanStatus, tokenize_stage1
 
 __all__ = ["SpanStatus", "Stage1ProofStrategy", "load"]
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from axolotl.prompt_tokenizers import PromptTokenizingStrategy
 
-from proofkd.tokenize import tokenize_stage2
+from proofkd.core.tokenize import tokenize_stage2
 
 COLUMNS = ("instruction", "output")
 

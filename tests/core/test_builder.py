@@ -9,8 +9,8 @@ import pytest
 from fixtures import PLANTED, opd_sources, stage1_sources, stage2_sources
 
 import yaml
-from proofkd.data.builder import SourceError, build
-from proofkd.data.manifest import Manifest, load_manifest
+from proofkd.core.data.builder import SourceError, build
+from proofkd.core.data.manifest import Manifest, load_manifest
 
 
 def rows(path):

@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from proofkd import embedded
-from proofkd.embedded import EmbeddedReferenceError, evenly_spaced, parse_reference
-from proofkd.io import atomic_path, cache_dir
+from proofkd.core import embedded
+from proofkd.core.embedded import EmbeddedReferenceError, evenly_spaced, parse_reference
+from proofkd.core.io import atomic_path, cache_dir
 
 
 def test_parse_reference():
@@ -73,7 +73,7 @@ def test_evenly_spaced_keeps_first_and_last():
 
 
 def test_layer_subset_copies_the_kept_layers_exactly(tiny, tmp_path):
-    from proofkd.embedded import _write_layer_subset
+    from proofkd.core.embedded import _write_layer_subset
 
     source = tiny["teacher"]  # 2 layers
     _write_layer_subset(source, tmp_path / "sub", 1)

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from proofkd.data import arith
-from proofkd.rewards import dapo_reward, last_answer, normalize_answer
+from proofkd.core.data import arith
+from proofkd.core.rewards import dapo_reward, last_answer, normalize_answer
 
 
 @pytest.mark.parametrize(

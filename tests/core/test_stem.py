@@ -8,7 +8,7 @@ from fractions import Fraction
 
 import pytest
 
-from proofkd.data import stem
+from proofkd.core.data import stem
 
 
 def test_generation_is_deterministic_and_seeded():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proofkd.templates import (
+from proofkd.core.templates import (
     find_derivation_span,
     render_stage1,
     render_stage1_prompt,

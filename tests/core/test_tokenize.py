@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
-from proofkd.data.stem import generate
-from proofkd.templates import render_stage1
-from proofkd.tokenize import SpanStatus, tokenize_stage1
+from proofkd.core.data.stem import generate
+from proofkd.core.templates import render_stage1
+from proofkd.core.tokenize import SpanStatus, tokenize_stage1
 
 
 @pytest.fixture(scope="module")

@@ -64,7 +64,7 @@ def test_every_offline_task_runs_on_smollm2(smollm2, tmp_path, monkeypatch):
 
 
 def test_the_report_compares_a_teacher_its_gguf_and_a_student(smollm2, tmp_path, monkeypatch):
-    from proofkd import embedded
+    from proofkd.core import embedded
 
     monkeypatch.chdir(tmp_path)
     # The embedded teacher was converted from this GGUF, whose folder has no HF tokenizer: it is named.

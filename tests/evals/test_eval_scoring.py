@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from proofkd.data import stem
+from proofkd.core.data import stem
 from proofkd.evals import TASKS_DIR
 from proofkd.evals.scoring import (
     dapo_scores,

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 import yaml
-from proofkd.data import stem
+from proofkd.core.data import stem
 from proofkd.evals import TASKS_DIR, data, scoring
-from proofkd.templates import render_dapo_prompt, render_stage1_prompt
+from proofkd.core.templates import render_dapo_prompt, render_stage1_prompt
 
 OFFLINE_TASKS = {
     "proofkd_stem_synthetic": 40,

@@ -12,7 +12,7 @@ import torch
 from helpers import make_model, make_tokenizer, pretrain
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from proofkd.data.stem import generate
+from proofkd.core.data.stem import generate
 from proofkd.export import convert as convert_module
 from proofkd.export.convert import ConversionError, convert, interleave_rotary_halves
 from proofkd.export.publish import export

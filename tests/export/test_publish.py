@@ -12,7 +12,7 @@ import pytest
 from helpers import make_model, make_tokenizer, pretrain
 
 import yaml
-from proofkd.data.stem import generate
+from proofkd.core.data.stem import generate
 from proofkd.export import publish as publish_module
 from proofkd.export import verify as verify_module
 from proofkd.export.publish import PublishError, parse_quants, publish

@@ -8,12 +8,12 @@ from axolotl.utils.dict import DictDefault
 from helpers import PLUGIN, make_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from proofkd.data.stem import generate
+from proofkd.core.data.stem import generate
 from proofkd.plugin.collator import ProofSpanCollator
 from proofkd.plugin.heads import UnsupportedHeadError, final_hidden_states, head_replaced, verify_linear_head
 from proofkd.plugin.teacher import TeacherMismatchError, check_compatible
 from proofkd.plugin.trainer import StepTotals, shifted_counts
-from proofkd.tokenize import tokenize_stage1
+from proofkd.core.tokenize import tokenize_stage1
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from axolotl.utils.dict import DictDefault
 from helpers import PLUGIN, REPO, STRATEGY, axolotl_train, read_log, train_records
 
 import yaml
-from proofkd.data.manifest import load_manifest
+from proofkd.core.data.manifest import load_manifest
 
 RECIPE = REPO / "yaml" / "stage1_kd.yml"
 TWIN = REPO / "yaml" / "quickstart" / "stage1_kd.yml"

@@ -10,7 +10,7 @@ from axolotl.utils.dict import DictDefault
 from helpers import REPO, axolotl_train
 
 import yaml
-from proofkd.data.manifest import load_manifest
+from proofkd.core.data.manifest import load_manifest
 
 RECIPE = REPO / "yaml" / "stage2_sft.yml"
 TWIN = REPO / "yaml" / "quickstart" / "stage2_sft.yml"
@@ -76,7 +76,7 @@ def test_the_twin_keeps_the_recipes_shape():
 def test_the_stage2_format_is_tokenised_whole(smollm2):
     from transformers import AutoTokenizer
 
-    from proofkd.tokenize import tokenize_stage2
+    from proofkd.core.tokenize import tokenize_stage2
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2)
     row = tokenize_stage2(tokenizer, "Define tort.", "", "A civil wrong.", sequence_len=64)
