@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from proofkd.plugin.loss.divergences import Divergence, get_divergence
 from proofkd.plugin.loss.stats import LossStats
 
 
@@ -29,8 +30,9 @@ def proof_kd_loss_reference(
     ignore_index: int = -100,
     kl_vocab: int | None = None,
     teacher_topk: tuple[torch.Tensor, torch.Tensor] | None = None,
+    divergence: Divergence | None = None,
 ) -> tuple[torch.Tensor, LossStats]:
-    """Same contract as `proof_kd_loss`, computed in float64 without chunking."""
+    """Same contract as `proof_kd_loss`, computed in float64 without chunking; the divergence by its reference."""
     valid = labels != ignore_index
     proof = (proof_mask != 0) & valid
     safe_labels = torch.where(valid, labels, torch.zeros_like(labels))
@@ -54,8 +56,7 @@ def proof_kd_loss_reference(
             teacher_logits = teacher_hidden.double() @ teacher_weight.double().T
         log_q_t = torch.log_softmax(teacher_logits[:, :vocab] / temperature, dim=-1)
         log_p_t = torch.log_softmax(student_logits[:, :vocab] / temperature, dim=-1)
-        q_t = log_q_t.exp()
-        kl = torch.where(q_t > 0, q_t * (log_q_t - log_p_t), torch.zeros_like(q_t)).sum(-1)
+        kl = (divergence or get_divergence("forward_kl")).reference(log_p_t, log_q_t)
         kl = torch.where(valid, kl, torch.zeros_like(kl))
     else:
         kl = torch.zeros_like(ce)
