@@ -1,18 +1,26 @@
 """The plugins' config keys, validated by Axolotl together with the rest of the YAML.
 
+Each `proofkd_*` key is defined here once: its type, default, bounds and a
+one-line description. docs/configuration.md is generated from these models
+(`python -m proofkd.plugin.config_docs`), and a test fails when it drifts.
+
 Axolotl merges these models into its own config model, so the validators here
 see the whole config: that is how options a plugin cannot honour (sample
-packing, say) are refused with the key and the fix named, before any model
-is loaded. `TeacherArgs` holds the keys both plugins share.
+packing, say) and misspelt `proofkd_*` keys are refused with the key and the
+fix named, before any model is loaded. `TeacherArgs` holds the keys both
+plugins share.
 """
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from proofkd.core.templates import FINAL_ANSWER_MARKER, PROOF_MARKER
+
+PREFIX = "proofkd_"
 
 
 class TeacherArgs(BaseModel):
@@ -20,7 +28,8 @@ class TeacherArgs(BaseModel):
 
     proofkd_teacher: str | None = Field(
         default=None,
-        description="Teacher model: Hub id, local path, or a proofkd: embedded reference.",
+        description="Teacher model: Hub id, local path, or a `proofkd:` embedded model; needed unless "
+        "proofkd_teacher_server is set (or, in Stage 1, proofkd_kd_coef is 0).",
     )
     proofkd_teacher_device: str = Field(
         default="auto",
@@ -45,10 +54,11 @@ class TeacherArgs(BaseModel):
     proofkd_teacher_server_model: str | None = Field(
         default=None, description="The name the server knows the teacher by (default: proofkd_teacher)."
     )
-    proofkd_teacher_server_timeout: float = Field(default=120.0, description="Seconds to wait for one request.")
-    proofkd_teacher_server_retries: int = Field(default=3, description="Attempts per request before giving up.")
+    proofkd_teacher_server_timeout: float = Field(default=120.0, gt=0, description="Seconds to wait for one request.")
+    proofkd_teacher_server_retries: int = Field(default=3, gt=0, description="Attempts per request before giving up.")
     proofkd_teacher_server_topk: int = Field(
         default=20,
+        gt=0,
         description="Stage 1 with a teacher server: the KL runs over the teacher's top-k tokens at each position, "
         "renormalised (vLLM serves up to its --max-logprobs, 20 by default).",
     )
@@ -61,22 +71,39 @@ class TeacherArgs(BaseModel):
             raise ValueError(f"proofkd_teacher_device={value!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
         return value
 
-    @field_validator("proofkd_teacher_server_timeout", "proofkd_teacher_server_retries", "proofkd_teacher_server_topk")
+    @field_validator(
+        "proofkd_teacher_server_timeout", "proofkd_teacher_server_retries", "proofkd_teacher_server_topk", mode="wrap"
+    )
     @classmethod
-    def _positive(cls, value: float, info) -> float:
-        if value <= 0:
-            raise ValueError(f"{info.field_name} must be > 0, got {value}")
-        return value
+    def _teacher_bounds(cls, value: Any, handler, info) -> Any:
+        return _within_bounds(value, handler, info)
 
 
 class ProofKDArgs(TeacherArgs):
     """Keys of `proofkd.plugin.ProofKDPlugin` (all prefixed `proofkd_`)."""
 
-    proofkd_temperature: float = Field(default=2.0, description="Softmax temperature T of the KL term.")
-    proofkd_ce_coef: float = Field(default=0.55, description="Weight of the proof-weighted CE in the loss.")
-    proofkd_kd_coef: float = Field(default=0.45, description="Weight of T^2 * KL in the loss.")
-    proofkd_proof_weight_start: float = Field(default=2.5, description="CE weight of derivation tokens at step 0.")
-    proofkd_proof_weight_end: float = Field(default=1.5, description="CE weight of derivation tokens at the last step.")
+    proofkd_temperature: float = Field(default=2.0, gt=0, description="Softmax temperature T of the distillation term.")
+    proofkd_ce_coef: float = Field(default=0.55, ge=0, description="Weight of the proof-weighted CE in the loss.")
+    proofkd_kd_coef: float = Field(default=0.45, ge=0, description="Weight of T^2 * divergence in the loss.")
+    proofkd_divergence: Literal["forward_kl", "reverse_kl", "jsd"] = Field(
+        default="forward_kl",
+        description="Divergence between teacher and student at temperature T in the distillation term: "
+        "forward_kl = KL(teacher || student) (the published recipe), reverse_kl = KL(student || teacher), "
+        "jsd = generalised Jensen-Shannon with weight proofkd_jsd_beta.",
+    )
+    proofkd_jsd_beta: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="beta of jsd, as in TRL's GKD: M = beta * teacher + (1 - beta) * student, "
+        "JSD = beta * KL(teacher || M) + (1 - beta) * KL(student || M); 0 is forward KL, 1 reverse KL.",
+    )
+    proofkd_proof_weight_start: float = Field(
+        default=2.5, ge=0, description="CE weight of derivation tokens at step 0."
+    )
+    proofkd_proof_weight_end: float = Field(
+        default=1.5, ge=0, description="CE weight of derivation tokens at the last step."
+    )
     proofkd_proof_weight_schedule: Literal["linear", "cosine", "constant"] = Field(
         default="linear", description="How the proof weight moves from start to end over the optimizer steps."
     )
@@ -87,39 +114,35 @@ class ProofKDArgs(TeacherArgs):
         description="Divide the weighted CE by the sum of token weights (a weighted mean) or by the token count.",
     )
     proofkd_chunk_size: int | None = Field(
-        default=None, description="Tokens per loss chunk; default keeps each [chunk, vocab] buffer near 128 MiB."
+        default=None,
+        ge=1,
+        description="Tokens per loss chunk; unset keeps each [chunk, vocab] buffer near 128 MiB.",
     )
     proofkd_compile_loss_head: bool = Field(
-        default=False,
-        description="Run the loss head's per-chunk arithmetic through torch.compile (falls back to eager on failure).",
+        default=True,
+        description="Run the loss head's per-chunk arithmetic through torch.compile where it compiles "
+        "(falls back to eager with a warning).",
     )
 
-    @field_validator("proofkd_temperature")
+    @field_validator(
+        "proofkd_temperature",
+        "proofkd_ce_coef",
+        "proofkd_kd_coef",
+        "proofkd_jsd_beta",
+        "proofkd_proof_weight_start",
+        "proofkd_proof_weight_end",
+        "proofkd_chunk_size",
+        mode="wrap",
+    )
     @classmethod
-    def _temperature(cls, value: float) -> float:
-        if not value > 0:
-            raise ValueError(f"proofkd_temperature must be > 0, got {value}; the published recipe uses 2.0")
-        return value
-
-    @field_validator("proofkd_ce_coef", "proofkd_kd_coef", "proofkd_proof_weight_start", "proofkd_proof_weight_end")
-    @classmethod
-    def _non_negative(cls, value: float, info) -> float:
-        if value < 0:
-            raise ValueError(f"{info.field_name} must be >= 0, got {value}")
-        return value
-
-    @field_validator("proofkd_chunk_size")
-    @classmethod
-    def _chunk(cls, value: int | None) -> int | None:
-        if value is not None and value < 1:
-            raise ValueError(f"proofkd_chunk_size must be a positive number of tokens, got {value}; or leave it unset")
-        return value
+    def _bounds(cls, value: Any, handler, info) -> Any:
+        return _within_bounds(value, handler, info)
 
     @model_validator(mode="before")
     @classmethod
     def _whole_config(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            _raise_if(_stage1_problems(data))
+            _raise_if(_unknown_keys(cls, data) + _stage1_problems(data))
         return data
 
 
@@ -131,48 +154,113 @@ class OPDArgs(TeacherArgs):
         description="Per-token estimate of the reverse KL whose negative is the advantage: "
         "k1 = log p_s - log p_t; k2 = (log p_s - log p_t)^2 / 2; k3 = exp(log p_t - log p_s) - (log p_t - log p_s) - 1.",
     )
-    proofkd_opd_clamp: float = Field(default=10.0, description="Per-token estimates are clamped to [-clamp, clamp].")
+    proofkd_opd_clamp: float = Field(
+        default=10.0, gt=0, description="Per-token estimates are clamped to [-clamp, clamp]."
+    )
     proofkd_opd_advantage_from: Literal["current", "rollout"] = Field(
         default="current",
         description="Student log-probs of the estimate: the policy being updated (current), or the sampling "
         "policy's, fixed per rollout (rollout). They agree on each rollout's first optimizer step.",
     )
-    proofkd_opd_coef: float = Field(default=1.0, description="Weight of the distillation policy-gradient loss.")
+    proofkd_opd_coef: float = Field(default=1.0, ge=0, description="Weight of the distillation policy-gradient loss.")
     proofkd_opd_task_coef: float = Field(
-        default=0.0, description="Weight of a second clipped loss on the task reward's group-normalised advantage."
+        default=0.0,
+        ge=0,
+        description="Weight of a second clipped loss on the task reward's group-normalised advantage.",
     )
     proofkd_opd_dual_clip: float | None = Field(
-        default=3.0, description="Dual-clip bound c on the ratio for negative advantages (PPO dual clip); none: off."
+        default=3.0,
+        gt=1,
+        description="Dual-clip bound c on the ratio for negative advantages (PPO dual clip); null: off.",
     )
-    proofkd_opd_topk: int = Field(default=16, description="k of the top-k overlap-mass diagnostic (0 turns it off).")
+    proofkd_opd_topk: int = Field(
+        default=16, ge=0, description="k of the top-k overlap-mass diagnostic (0 turns it off)."
+    )
 
-    @field_validator("proofkd_opd_clamp")
+    @field_validator(
+        "proofkd_opd_clamp", "proofkd_opd_coef", "proofkd_opd_task_coef", "proofkd_opd_dual_clip", "proofkd_opd_topk",
+        mode="wrap",
+    )
     @classmethod
-    def _clamp(cls, value: float) -> float:
-        if value <= 0:
-            raise ValueError(f"proofkd_opd_clamp must be > 0, got {value}; the published recipe uses 10")
-        return value
-
-    @field_validator("proofkd_opd_coef", "proofkd_opd_task_coef", "proofkd_opd_topk")
-    @classmethod
-    def _non_negative(cls, value: float, info) -> float:
-        if value < 0:
-            raise ValueError(f"{info.field_name} must be >= 0, got {value}")
-        return value
-
-    @field_validator("proofkd_opd_dual_clip")
-    @classmethod
-    def _dual_clip(cls, value: float | None) -> float | None:
-        if value is not None and value <= 1:
-            raise ValueError(f"proofkd_opd_dual_clip must be > 1 (it bounds ratios above 1), got {value}")
-        return value
+    def _bounds(cls, value: Any, handler, info) -> Any:
+        return _within_bounds(value, handler, info)
 
     @model_validator(mode="before")
     @classmethod
     def _whole_config(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            _raise_if(_opd_problems(data))
+            _raise_if(_unknown_keys(cls, data) + _opd_problems(data))
         return data
+
+
+PLUGIN_OF = {ProofKDArgs: "proofkd.plugin.ProofKDPlugin", OPDArgs: "proofkd.plugin.OPDPlugin"}
+
+# Where a bound's error can name a fix, it does: "<key> must be <bound>, got <value><fix>".
+_BOUND_FIXES = {
+    "proofkd_temperature": "; the published recipe uses 2.0",
+    "proofkd_chunk_size": "; or leave it unset",
+    "proofkd_opd_clamp": "; the published recipe uses 10",
+    "proofkd_opd_dual_clip": " (it bounds ratios above 1); or null to turn it off",
+}
+_BOUND_WORDS = {"proofkd_chunk_size": "a positive number of tokens"}
+# pydantic's error type -> (its context key, the operator a message shows)
+_OPS = {
+    "greater_than": ("gt", ">"),
+    "greater_than_equal": ("ge", ">="),
+    "less_than": ("lt", "<"),
+    "less_than_equal": ("le", "<="),
+}
+
+
+def _within_bounds(value: Any, handler, info) -> Any:
+    """Pydantic checks the Field's bound; this names the key, the bound and the fix when it fails."""
+    try:
+        return handler(value)
+    except ValidationError as error:
+        for detail in error.errors():
+            if detail["type"] in _OPS:
+                ctx, op = _OPS[detail["type"]]
+                name = info.field_name
+                limit = detail["ctx"][ctx]
+                bound = _BOUND_WORDS.get(name, f"{op} {limit:g}" if isinstance(limit, float) else f"{op} {limit}")
+                raise ValueError(f"{name} must be {bound}, got {value}{_BOUND_FIXES.get(name, '')}") from None
+        raise
+
+
+def known_keys(*models: type[BaseModel]) -> list[str]:
+    """The `proofkd_*` keys the models define, in declaration order."""
+    keys: dict[str, None] = {}
+    for model in models:
+        keys.update((name, None) for name in model.model_fields if name.startswith(PREFIX))
+    return list(keys)
+
+
+def _unknown_keys(cls: type[BaseModel], cfg: dict) -> list[str]:
+    """`proofkd_*` keys the config's plugins do not define, each with the closest key that exists.
+
+    A key is known when the model of a plugin the config lists under `plugins` declares it. Without a
+    `plugins` list (a model validated on its own), the keys of `cls` are the known ones.
+    """
+    listed = [str(name).rsplit(".", 1)[-1] for name in cfg.get("plugins") or []]
+    models = [model for model, plugin in PLUGIN_OF.items() if plugin.rsplit(".", 1)[-1] in listed]
+    known = set(known_keys(*models) if models else known_keys(cls))
+    everywhere = known_keys(ProofKDArgs, OPDArgs)
+    problems = []
+    for key in [k for k in cfg if isinstance(k, str) and k.startswith(PREFIX) and k not in known]:
+        # Matched without the prefix, which every key shares and would otherwise dominate the score.
+        close = difflib.get_close_matches(key[len(PREFIX) :], [k[len(PREFIX) :] for k in everywhere], n=1)
+        close = [PREFIX + name for name in close]
+        if not close:
+            problems.append(f"{key} is not a proofkd key; see docs/configuration.md for the keys")
+            continue
+        owner = next(plugin for model, plugin in PLUGIN_OF.items() if close[0] in model.model_fields)
+        if close[0] in known:
+            problems.append(f"{key} is not a proofkd key: did you mean {close[0]}?")
+        elif close[0] == key:
+            problems.append(f"{key} is a key of {owner}, which this config does not list under plugins")
+        else:
+            problems.append(f"{key} is not a proofkd key; the closest, {close[0]}, is a key of {owner}")
+    return problems
 
 
 def _raise_if(problems: list[str]) -> None:
@@ -180,33 +268,55 @@ def _raise_if(problems: list[str]) -> None:
         raise ValueError("proofkd cannot run this config:\n- " + "\n- ".join(problems))
 
 
+def _getter(model: type[BaseModel], cfg: dict):
+    """cfg.get with the model's own defaults, so the checks below never restate one."""
+
+    def get(key: str) -> Any:
+        if key in cfg:
+            return cfg[key]
+        field = model.model_fields.get(key)
+        return None if field is None else field.get_default(call_default_factory=True)
+
+    return get
+
+
 def _teacher_problems(cfg: dict, needed: bool, alternative: str) -> list[str]:
-    get = cfg.get
+    get = _getter(TeacherArgs, cfg)
     problems = []
     if needed and not (get("proofkd_teacher") or get("proofkd_teacher_server")):
         problems.append(f"proofkd_teacher is not set: name the teacher model (Hub id or path), {alternative}")
-    if get("proofkd_teacher_load_in_8bit") and get("proofkd_teacher_device", "auto") == "cpu":
+    if get("proofkd_teacher_load_in_8bit") and get("proofkd_teacher_device") == "cpu":
         problems.append("proofkd_teacher_load_in_8bit needs a CUDA device; set proofkd_teacher_device to cuda or auto")
     return problems
 
 
 def _stage1_problems(cfg: dict) -> list[str]:
     """Whole-config checks of Stage-1 distillation: each message names the key and what to do."""
-    get = cfg.get
-    ce = get("proofkd_ce_coef", 0.55)
-    kd = get("proofkd_kd_coef", 0.45)
+    get = _getter(ProofKDArgs, cfg)
+    ce = get("proofkd_ce_coef")
+    kd = get("proofkd_kd_coef")
     problems = []
     if ce == 0 and kd == 0:
         problems.append("proofkd_ce_coef and proofkd_kd_coef are both 0: nothing would be optimised")
     problems += _teacher_problems(
         cfg, needed=bool(kd), alternative="or set proofkd_kd_coef: 0 for proof-weighted CE without a teacher"
     )
-    start = get("proofkd_proof_start_marker", PROOF_MARKER)
-    end = get("proofkd_proof_end_marker", FINAL_ANSWER_MARKER)
+    start = get("proofkd_proof_start_marker")
+    end = get("proofkd_proof_end_marker")
     if not start or not end or start == end:
         problems.append(
             "proofkd_proof_start_marker and proofkd_proof_end_marker must be two different non-empty strings "
             f"(got {start!r} and {end!r})"
+        )
+    divergence = get("proofkd_divergence")
+    if get("proofkd_teacher_server") and kd and (
+        divergence == "reverse_kl" or (divergence == "jsd" and get("proofkd_jsd_beta") == 1)
+    ):
+        named = "proofkd_divergence: reverse_kl" if divergence == "reverse_kl" else "proofkd_jsd_beta: 1 (reverse KL)"
+        problems.append(
+            f"{named} cannot run on proofkd_teacher_server: a top-k teacher gives zero probability outside "
+            "its top-k, so KL(student || teacher) is infinite there; use proofkd_divergence: forward_kl or jsd "
+            "(with proofkd_jsd_beta below 1)"
         )
     if get("sample_packing"):
         problems.append(
@@ -223,14 +333,14 @@ def _stage1_problems(cfg: dict) -> list[str]:
 
 def _opd_problems(cfg: dict) -> list[str]:
     """Whole-config checks of on-policy distillation."""
-    get = cfg.get
+    get = _getter(OPDArgs, cfg)
     trl = get("trl") or {}
     problems = _teacher_problems(
         cfg, needed=True, alternative="or the URL of a server serving it (proofkd_teacher_server)"
     )
     if str(get("rl") or "") != "grpo":
         problems.append("on-policy distillation runs on Axolotl's GRPO path: set rl: grpo")
-    if get("proofkd_opd_coef", 1.0) == 0 and get("proofkd_opd_task_coef", 0.0) == 0:
+    if get("proofkd_opd_coef") == 0 and get("proofkd_opd_task_coef") == 0:
         problems.append("proofkd_opd_coef and proofkd_opd_task_coef are both 0: nothing would be optimised")
     if trl.get("temperature", 1.0) != 1.0:
         problems.append(

@@ -6,7 +6,8 @@ import pytest
 from axolotl.cli.config import prepare_plugins
 from axolotl.utils.config import validate_config
 from axolotl.utils.dict import DictDefault
-from helpers import PLUGIN, STRATEGY
+
+from tests.helpers import PLUGIN, STRATEGY
 
 
 def base_cfg(**overrides) -> DictDefault:
@@ -151,3 +152,80 @@ def test_stage1_takes_a_server_teacher_and_refuses_rl():
         validate(proofkd_teacher_server="http://teacher:8000/v1", proofkd_teacher_server_topk=0)
     with pytest.raises(Exception, match="list proofkd.plugin.OPDPlugin instead"):
         validate(rl="grpo")
+
+
+# --- one definition per key ------------------------------------------------------------------
+
+
+def test_the_new_stage1_keys_and_their_defaults():
+    cfg = validate()
+    assert (cfg.proofkd_divergence, cfg.proofkd_jsd_beta) == ("forward_kl", 0.5)
+    assert cfg.proofkd_compile_loss_head is True
+    cfg = validate(proofkd_divergence="jsd", proofkd_jsd_beta=0.9, proofkd_compile_loss_head=False)
+    assert (cfg.proofkd_divergence, cfg.proofkd_jsd_beta, cfg.proofkd_compile_loss_head) == ("jsd", 0.9, False)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"proofkd_divergence": "kl"}, "proofkd_divergence"),
+        ({"proofkd_jsd_beta": 1.5}, "proofkd_jsd_beta must be <= 1"),
+        ({"proofkd_jsd_beta": -0.1}, "proofkd_jsd_beta must be >= 0"),
+        ({"proofkd_temperature": -1}, "the published recipe uses 2.0"),
+        ({"proofkd_chunk_size": 0}, "or leave it unset"),
+        (
+            {"proofkd_teacher_server": "http://teacher:8000/v1", "proofkd_divergence": "reverse_kl"},
+            "proofkd_divergence: reverse_kl cannot run on proofkd_teacher_server.*"
+            "use proofkd_divergence: forward_kl or jsd",
+        ),
+        (
+            {"proofkd_teacher_server": "http://teacher:8000/v1", "proofkd_divergence": "jsd", "proofkd_jsd_beta": 1.0},
+            "proofkd_jsd_beta: 1 .reverse KL. cannot run on proofkd_teacher_server",
+        ),
+    ],
+)
+def test_bad_divergence_settings_name_the_key_and_the_fix(overrides, message):
+    with pytest.raises(Exception, match=message):
+        validate(**overrides)
+
+
+def test_divergences_other_than_reverse_kl_run_on_a_teacher_server():
+    server = {"proofkd_teacher": None, "proofkd_teacher_server": "http://teacher:8000/v1"}
+    assert validate(**server, proofkd_divergence="jsd").proofkd_divergence == "jsd"
+    assert validate(**server).proofkd_divergence == "forward_kl"
+
+
+def test_an_unknown_key_is_refused_with_the_closest_one_named():
+    with pytest.raises(Exception, match="proofkd_temprature is not a proofkd key: did you mean proofkd_temperature"):
+        validate(proofkd_temprature=5.0)
+    closest = "proofkd_teacher_sever is not a proofkd key: did you mean proofkd_teacher_server"
+    with pytest.raises(Exception, match=closest):
+        validate_opd(proofkd_teacher_sever="http://teacher:8000/v1")
+
+
+def test_a_key_of_the_other_plugin_is_named_as_such():
+    with pytest.raises(Exception, match="proofkd_temperature is a key of proofkd.plugin.ProofKDPlugin"):
+        validate_opd(proofkd_temperature=2.0)
+    with pytest.raises(Exception, match="proofkd_opd_clamp is a key of proofkd.plugin.OPDPlugin"):
+        validate(proofkd_opd_clamp=10.0)
+    with pytest.raises(Exception, match="the closest, proofkd_opd_estimator, is a key of proofkd.plugin.OPDPlugin"):
+        validate(proofkd_opd_estimater="k1")
+
+
+def test_every_key_is_declared_once_with_a_description():
+    from proofkd.plugin.args import OPDArgs, ProofKDArgs, TeacherArgs
+
+    for model in (TeacherArgs, ProofKDArgs, OPDArgs):
+        for name, field in model.model_fields.items():
+            assert name.startswith("proofkd_"), name
+            assert field.description and "\n" not in field.description, name
+    assert not set(ProofKDArgs.model_fields) - set(TeacherArgs.model_fields) & set(OPDArgs.model_fields)
+
+
+def test_the_divergences_a_recipe_can_name_are_the_registered_ones():
+    from typing import get_args
+
+    from proofkd.plugin.args import ProofKDArgs
+    from proofkd.plugin.loss.divergences import DIVERGENCES
+
+    assert set(get_args(ProofKDArgs.model_fields["proofkd_divergence"].annotation)) == set(DIVERGENCES)
