@@ -4,6 +4,8 @@
     proofkd quickstart --opd      on-policy distillation on the embedded default (CPU, offline)
     proofkd data build NAME       build a recipe's train/eval data from its manifest, with a report
     proofkd data list             the manifests that ship with proofkd
+    proofkd recipes list          the recipes that ship with proofkd, with their paths
+    proofkd recipes copy NAME     copy a shipped recipe (e.g. quickstart/stage1_kd) to edit it
     proofkd export CKPT           convert to GGUF, quantise and verify, without publishing
     proofkd publish CKPT --repo   export, verify, write the model card and upload to the Hub
     proofkd resolve REF           materialise a proofkd: reference and print its path
@@ -27,15 +29,9 @@ def _quickstart(args: argparse.Namespace) -> int:
     from proofkd.cli import quickstart
 
     if args.opd:
-        quickstart.run_opd(
-            recipe=Path(args.recipe or quickstart.OPD_RECIPE),
-            output_dir=Path(args.output_dir or "outputs/quickstart-opd"),
-        )
+        quickstart.run_opd(recipe=args.recipe, output_dir=Path(args.output_dir or "outputs/quickstart-opd"))
     else:
-        quickstart.run(
-            recipe=Path(args.recipe or quickstart.DEFAULT_RECIPE),
-            output_dir=Path(args.output_dir or "outputs/quickstart"),
-        )
+        quickstart.run(recipe=args.recipe, output_dir=Path(args.output_dir or "outputs/quickstart"))
     return 0
 
 
@@ -66,6 +62,28 @@ def _data_list(args: argparse.Namespace) -> int:
     for name in known_manifests():
         manifest = load_manifest(name)
         print(f"{name:12s} {manifest.format:7s} {len(manifest.sources):2d} sources  {manifest.description}")
+    return 0
+
+
+def _recipes_list(args: argparse.Namespace) -> int:
+    from proofkd.core.recipes import list_recipes
+
+    recipes = list_recipes()
+    width = max(len(r.name) for r in recipes)
+    for recipe in recipes:
+        print(f"{recipe.name:{width}s}  {recipe.path}  {recipe.description}")
+    return 0
+
+
+def _recipes_copy(args: argparse.Namespace) -> int:
+    from proofkd.core.recipes import RecipeExistsError, UnknownRecipeError, copy_recipe
+
+    try:
+        written = copy_recipe(args.name, args.dest, force=args.force)
+    except (UnknownRecipeError, RecipeExistsError) as error:
+        print(f"proofkd recipes copy: {error}", file=sys.stderr)
+        return 2
+    print(written)
     return 0
 
 
@@ -140,10 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     quick = commands.add_parser("quickstart", help="distil the embedded SmolLM2 teacher into a smaller student")
     quick.add_argument(
-        "--opd", action="store_true", help="on-policy distillation instead (yaml/quickstart/opd.yml, held-out prompts)"
+        "--opd", action="store_true", help="on-policy distillation instead (recipe quickstart/opd, held-out prompts)"
     )
     quick.add_argument(
-        "--recipe", default=None, help="CPU recipe to train (default: yaml/quickstart/stage1_kd.yml, or opd.yml)"
+        "--recipe",
+        default=None,
+        help="CPU recipe file to train (default: the shipped quickstart/stage1_kd, or quickstart/opd)",
     )
     quick.add_argument(
         "--output-dir", default=None, help="where the student and summary go (default: outputs/quickstart[-opd])"
@@ -164,6 +184,17 @@ def build_parser() -> argparse.ArgumentParser:
     build.set_defaults(func=_data_build)
     listing = data.add_parser("list", help="the manifests that ship with proofkd")
     listing.set_defaults(func=_data_list)
+
+    recipes = commands.add_parser("recipes", help="list and copy the recipes that ship with proofkd")
+    recipes = recipes.add_subparsers(dest="recipes", required=True)
+    recipes.add_parser("list", help="name, installed path and description of every recipe").set_defaults(
+        func=_recipes_list
+    )
+    copy = recipes.add_parser("copy", help="copy a recipe to edit it, e.g. `proofkd recipes copy quickstart/stage1_kd`")
+    copy.add_argument("name", help="a name from `proofkd recipes list` (stage1_kd, quickstart/stage1_kd, ...)")
+    copy.add_argument("dest", nargs="?", default=".", help="a folder, or a file name (default: .)")
+    copy.add_argument("--force", action="store_true", help="overwrite the destination if it exists")
+    copy.set_defaults(func=_recipes_copy)
 
     quants = "Q4_K_M,Q5_K_M,Q8_0,F16"
     for name, func, help_text in (

@@ -18,8 +18,8 @@ import os
 from pathlib import Path
 
 from proofkd.core.data import stem
-from proofkd.evals import competition, scoring
 from proofkd.core.templates import render_dapo_prompt, render_stage1_prompt, render_stage2
+from proofkd.evals import competition, scoring
 
 STEM_SYNTHETIC_COUNT = 40
 STEM_SYNTHETIC_SEED = 31337

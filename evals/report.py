@@ -25,9 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from proofkd.core.io import atomic_path
 from proofkd.evals import TASKS_DIR
 from proofkd.evals.models import EvalSetupError, ModelSpec, ModelSpecError, model_args
-from proofkd.core.io import atomic_path
 
 
 class UnknownTaskError(EvalSetupError):

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import os
 import random
-import sys
 
 import pytest
-
-sys.path.insert(0, os.path.dirname(__file__))
 
 os.environ.setdefault("AXOLOTL_DO_NOT_TRACK", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -39,9 +36,8 @@ def pytest_runtest_makereport(item, call):
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
     """A tiny tokenizer, teacher (2 layers, hidden 64, pre-trained a little), student (1 layer, hidden 32), data."""
-    from helpers import make_model, make_tokenizer, pretrain, write_stage1_jsonl
-
     from proofkd.core.data.stem import generate
+    from tests.helpers import make_model, make_tokenizer, pretrain, write_stage1_jsonl
 
     root = tmp_path_factory.mktemp("tiny")
     make_tokenizer(root / "tokenizer")

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import yaml
+
 from proofkd.core.data.stem import generate
 from proofkd.core.templates import render_stage1
 

@@ -28,8 +28,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-
 import yaml
+
 from proofkd.core.data.manifest import FilterSpec, Manifest, Source
 from proofkd.core.io import atomic_path
 from proofkd.core.logs import get_logger

@@ -15,9 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
-
 import yaml
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 MANIFEST_DIR = Path(__file__).parent / "manifests"
 

@@ -6,13 +6,14 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
-from helpers import tiny_recipe
-
 import yaml
-from proofkd.cli import build_parser
+
+from proofkd.cli import build_parser, main
 from proofkd.cli.quickstart import format_table
+from tests.helpers import tiny_recipe
 
 
 def proofkd(*args, cwd=None):
@@ -45,10 +46,90 @@ def test_quickstart_measures_before_trains_and_measures_after(tiny, tmp_path):
     assert (tmp_path / "qs" / "student" / "model.safetensors").is_file()
 
 
-def test_quickstart_without_a_recipe_says_where_to_run(tmp_path):
-    done = proofkd("quickstart", cwd=tmp_path)
+def test_quickstart_names_a_missing_recipe_file(tmp_path):
+    done = proofkd("quickstart", "--recipe", "missing.yml", cwd=tmp_path)
     assert done.returncode != 0
-    assert "run `proofkd quickstart` from the repository root, or pass --recipe" in done.stderr
+    assert "recipe missing.yml not found: pass --recipe a recipe file" in done.stderr
+
+
+@pytest.mark.parametrize("opd, name", [(False, "quickstart/stage1_kd"), (True, "quickstart/opd")])
+def test_quickstart_reads_its_recipe_from_the_package_in_any_folder(tmp_path, monkeypatch, opd, name):
+    from proofkd.cli import quickstart
+    from proofkd.core.recipes import recipes_dir
+
+    monkeypatch.chdir(tmp_path)
+    default = quickstart.OPD_RECIPE if opd else quickstart.DEFAULT_RECIPE
+    path = quickstart._recipe(None, default)
+    assert path.is_absolute() and path.is_file()
+    assert path == recipes_dir() / f"{name}.yml"
+    assert quickstart._recipe("mine.yml", default) == Path("mine.yml")  # a given recipe wins
+
+
+def test_shipped_quickstart_recipes_need_no_file_of_the_repository():
+    """Read from an installed package, a quickstart recipe may only name `proofkd:` references and outputs/."""
+    from proofkd.core.recipes import list_recipes
+
+    for recipe in [r for r in list_recipes() if r.name.startswith("quickstart/")]:
+        cfg = yaml.safe_load(recipe.path.read_text(encoding="utf-8"))
+        for entry in [*cfg.get("datasets", []), *cfg.get("test_datasets", [])]:
+            assert entry["path"].startswith("proofkd:"), (recipe.name, entry["path"])
+        assert cfg.get("proofkd_teacher", "proofkd:").startswith("proofkd:"), recipe.name
+        assert cfg["base_model"].startswith(("proofkd:", "./outputs/")), recipe.name
+        for key in ("output_dir", "dataset_prepared_path"):
+            if key in cfg:
+                assert cfg[key].startswith("./outputs/"), (recipe.name, key, cfg[key])
+
+
+def test_recipes_list_works_from_another_folder(tmp_path):
+    done = proofkd("recipes", "list", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split(None, 2) for line in done.stdout.splitlines()]
+    names = [row[0] for row in rows]
+    assert names == [
+        "opd",
+        "stage1_kd",
+        "stage2_sft",
+        "quickstart/opd",
+        "quickstart/stage1_kd",
+        "quickstart/stage2_sft",
+    ]
+    for name, path, description in rows:
+        assert Path(path).is_file() and Path(path).as_posix().endswith(f"{name}.yml")
+        assert description
+    assert rows[4][2].startswith("CPU twin of yaml/stage1_kd.yml")
+
+
+def test_recipes_copy_refuses_to_overwrite_without_force(tmp_path, capsys):
+    from proofkd.core.recipes import recipe_path
+
+    assert main(["recipes", "copy", "quickstart/stage1_kd", str(tmp_path)]) == 0
+    copied = tmp_path / "stage1_kd.yml"
+    assert copied.read_bytes() == recipe_path("quickstart/stage1_kd").read_bytes()
+    assert capsys.readouterr().out.strip() == str(copied)
+
+    copied.write_text("mine\n")
+    assert main(["recipes", "copy", "quickstart/stage1_kd.yml", str(tmp_path)]) == 2
+    assert "exists; pass --force to overwrite it" in capsys.readouterr().err
+    assert copied.read_text() == "mine\n"
+    assert main(["recipes", "copy", "quickstart/stage1_kd", str(tmp_path), "--force"]) == 0
+    assert copied.read_bytes() == recipe_path("quickstart/stage1_kd").read_bytes()
+
+    assert main(["recipes", "copy", "opd", str(tmp_path / "new" / "mine.yml")]) == 0
+    assert (tmp_path / "new" / "mine.yml").read_bytes() == recipe_path("opd").read_bytes()
+
+
+def test_recipes_copy_defaults_to_the_current_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["recipes", "copy", "stage2_sft"]) == 0
+    assert (tmp_path / "stage2_sft.yml").is_file()
+
+
+def test_recipes_copy_names_an_unknown_recipe_and_lists_the_known_ones(tmp_path, capsys):
+    assert main(["recipes", "copy", "stage3", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown recipe 'stage3'" in err
+    assert "stage1_kd, stage2_sft, quickstart/opd, quickstart/stage1_kd" in err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_resolve_prints_the_cached_path(tmp_path):
@@ -71,7 +152,7 @@ def test_resolve_explains_a_bad_reference():
 def test_parser_lists_the_commands():
     parser = build_parser()
     commands = next(a for a in parser._actions if a.dest == "command").choices
-    assert {"quickstart", "data", "export", "publish", "resolve", "eval"} <= set(commands)
+    assert {"quickstart", "data", "recipes", "export", "publish", "resolve", "eval"} <= set(commands)
     plain, opd = parser.parse_args(["quickstart"]), parser.parse_args(["quickstart", "--opd"])
     assert (plain.opd, plain.recipe, opd.opd) == (False, None, True)  # the recipe follows --opd unless given
 
@@ -84,7 +165,7 @@ def test_table_format():
 
 
 def test_data_build_offline_prints_the_report_and_writes_the_split(tmp_path):
-    from fixtures import stage2_sources
+    from tests.fixtures import stage2_sources
 
     stage2_sources(tmp_path / "sources")
     done = proofkd(

@@ -6,11 +6,11 @@ import json
 import math
 
 import pytest
-from fixtures import PLANTED, opd_sources, stage1_sources, stage2_sources
-
 import yaml
+
 from proofkd.core.data.builder import SourceError, build
 from proofkd.core.data.manifest import Manifest, load_manifest
+from tests.fixtures import PLANTED, opd_sources, stage1_sources, stage2_sources
 
 
 def rows(path):

@@ -9,7 +9,6 @@ import gguf
 import numpy as np
 import pytest
 import torch
-from helpers import make_model, make_tokenizer, pretrain
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from proofkd.core.data.stem import generate
@@ -25,6 +24,7 @@ from proofkd.export.tokenizer import (
     vocabulary,
 )
 from proofkd.export.verify import KL_BOUNDS, Reference, compare
+from tests.helpers import make_model, make_tokenizer, pretrain
 
 QUANTS = ["F16", "Q8_0", "Q5_K_M", "Q4_K_M"]
 CHAT = (

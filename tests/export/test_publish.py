@@ -9,14 +9,14 @@ import subprocess
 import sys
 
 import pytest
-from helpers import make_model, make_tokenizer, pretrain
-
 import yaml
+
 from proofkd.core.data.stem import generate
 from proofkd.export import publish as publish_module
 from proofkd.export import verify as verify_module
 from proofkd.export.publish import PublishError, parse_quants, publish
 from proofkd.export.tokenizer import QWEN2_SPLIT
+from tests.helpers import make_model, make_tokenizer, pretrain
 
 pytestmark = pytest.mark.slow
 

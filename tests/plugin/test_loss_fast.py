@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_loss import assert_close, make_inputs, relative_error, run
 
 from proofkd.plugin.loss import chunked, proof_kd_loss, proof_kd_loss_reference
+from proofkd.plugin.loss.proof_kd import stage1_chunk_loss
+from tests.plugin.loss_helpers import assert_close, make_inputs, relative_error, run
+
+TRAINING_STEP = (stage1_chunk_loss, True)  # the compiled step a training call runs
 
 SHAPE = dict(n=37, h=16, ht=12, v=53, vt=53)
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -33,7 +36,7 @@ def on(device, inputs):
 def assert_compiled_matches_reference(inputs, proof_weight, rtol=1e-5, atol=1e-6, **kw):
     fast = run(compiled, inputs, proof_weight, **kw)
     ref = run(proof_kd_loss_reference, inputs, proof_weight, **{k: v for k, v in kw.items() if k != "chunk_size"})
-    assert chunked._COMPILED.get("fn") is not None, "compiling failed and the head fell back to eager"
+    assert chunked._COMPILED.get(TRAINING_STEP) is not None, "compiling failed and the head fell back to eager"
     for index, what in ((0, "loss"), (2, "grad of student hidden"), (3, "grad of student weight")):
         assert torch.isfinite(fast[index]).all(), what
         assert_close(fast[index].cpu(), ref[index].cpu(), rtol, atol, what)
@@ -103,11 +106,11 @@ def test_a_failing_compiler_falls_back_to_the_eager_head(seed, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("no backend here")
 
-    monkeypatch.setitem(chunked._COMPILED, "fn", broken)
+    monkeypatch.setitem(chunked._COMPILED, TRAINING_STEP, broken)
     inputs = make_inputs(seed, **SHAPE)
     fast = run(compiled, inputs, 2.5, chunk_size=8)
     ref = run(proof_kd_loss_reference, inputs, 2.5)
-    assert chunked._COMPILED["fn"] is None
+    assert chunked._COMPILED[TRAINING_STEP] is None
     assert_close(fast[0], ref[0], 1e-5, 1e-6, "loss")
     assert_close(fast[3], ref[3], 1e-5, 1e-6, "grad of student weight")
 

@@ -7,12 +7,12 @@ import json
 import math
 
 import pytest
+import yaml
 from axolotl.cli.config import prepare_plugins
 from axolotl.utils.config import validate_config
 from axolotl.utils.dict import DictDefault
-from helpers import REPO
 
-import yaml
+from tests.helpers import REPO
 
 RECIPE = REPO / "yaml" / "opd.yml"
 TWIN = REPO / "yaml" / "quickstart" / "opd.yml"

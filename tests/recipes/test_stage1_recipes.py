@@ -6,13 +6,13 @@ from __future__ import annotations
 import math
 
 import pytest
+import yaml
 from axolotl.cli.config import prepare_plugins
 from axolotl.utils.config import validate_config
 from axolotl.utils.dict import DictDefault
-from helpers import PLUGIN, REPO, STRATEGY, axolotl_train, read_log, train_records
 
-import yaml
 from proofkd.core.data.manifest import load_manifest
+from tests.helpers import PLUGIN, REPO, STRATEGY, axolotl_train, read_log, train_records
 
 RECIPE = REPO / "yaml" / "stage1_kd.yml"
 TWIN = REPO / "yaml" / "quickstart" / "stage1_kd.yml"

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 from axolotl.utils.config import validate_config
 from axolotl.utils.dict import DictDefault
-from helpers import REPO, axolotl_train
 
-import yaml
 from proofkd.core.data.manifest import load_manifest
+from tests.helpers import REPO, axolotl_train
 
 RECIPE = REPO / "yaml" / "stage2_sft.yml"
 TWIN = REPO / "yaml" / "quickstart" / "stage2_sft.yml"
