@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from proofkd.core.templates import FINAL_ANSWER_MARKER, PROOF_MARKER
+from proofkd.plugin.loss.divergences import DIVERGENCES, get_divergence
 
 PREFIX = "proofkd_"
 
@@ -85,11 +86,11 @@ class ProofKDArgs(TeacherArgs):
     proofkd_temperature: float = Field(default=2.0, gt=0, description="Softmax temperature T of the distillation term.")
     proofkd_ce_coef: float = Field(default=0.55, ge=0, description="Weight of the proof-weighted CE in the loss.")
     proofkd_kd_coef: float = Field(default=0.45, ge=0, description="Weight of T^2 * divergence in the loss.")
-    proofkd_divergence: Literal["forward_kl", "reverse_kl", "jsd"] = Field(
+    proofkd_divergence: str = Field(
         default="forward_kl",
-        description="Divergence between teacher and student at temperature T in the distillation term: "
-        "forward_kl = KL(teacher || student) (the published recipe), reverse_kl = KL(student || teacher), "
-        "jsd = generalised Jensen-Shannon with weight proofkd_jsd_beta.",
+        description=f"Divergence between teacher and student at temperature T in the distillation term, one of "
+        f"{', '.join(DIVERGENCES)}: forward_kl = KL(teacher || student) (the published recipe), "
+        "reverse_kl = KL(student || teacher), jsd = generalised Jensen-Shannon with weight proofkd_jsd_beta.",
     )
     proofkd_jsd_beta: float = Field(
         default=0.5,
@@ -123,6 +124,15 @@ class ProofKDArgs(TeacherArgs):
         description="Run the loss head's per-chunk arithmetic through torch.compile where it compiles "
         "(falls back to eager with a warning).",
     )
+
+    @field_validator("proofkd_divergence")
+    @classmethod
+    def _registered_divergence(cls, value: str) -> str:
+        if value not in DIVERGENCES:
+            raise ValueError(
+                f"proofkd_divergence={value!r} is not a divergence; choose one of {', '.join(DIVERGENCES)}"
+            )
+        return value
 
     @field_validator(
         "proofkd_temperature",
@@ -178,7 +188,11 @@ class OPDArgs(TeacherArgs):
     )
 
     @field_validator(
-        "proofkd_opd_clamp", "proofkd_opd_coef", "proofkd_opd_task_coef", "proofkd_opd_dual_clip", "proofkd_opd_topk",
+        "proofkd_opd_clamp",
+        "proofkd_opd_coef",
+        "proofkd_opd_task_coef",
+        "proofkd_opd_dual_clip",
+        "proofkd_opd_topk",
         mode="wrap",
     )
     @classmethod
@@ -308,16 +322,18 @@ def _stage1_problems(cfg: dict) -> list[str]:
             "proofkd_proof_start_marker and proofkd_proof_end_marker must be two different non-empty strings "
             f"(got {start!r} and {end!r})"
         )
-    divergence = get("proofkd_divergence")
-    if get("proofkd_teacher_server") and kd and (
-        divergence == "reverse_kl" or (divergence == "jsd" and get("proofkd_jsd_beta") == 1)
-    ):
-        named = "proofkd_divergence: reverse_kl" if divergence == "reverse_kl" else "proofkd_jsd_beta: 1 (reverse KL)"
-        problems.append(
-            f"{named} cannot run on proofkd_teacher_server: a top-k teacher gives zero probability outside "
-            "its top-k, so KL(student || teacher) is infinite there; use proofkd_divergence: forward_kl or jsd "
-            "(with proofkd_jsd_beta below 1)"
-        )
+    name, beta = get("proofkd_divergence"), get("proofkd_jsd_beta")
+    if get("proofkd_teacher_server") and kd and name in DIVERGENCES and 0 <= beta <= 1:
+        divergence = get_divergence(name, beta=beta)
+        if not divergence.finite_on_topk:
+            named = f"proofkd_divergence: {name}"
+            if divergence.name != name:
+                named += f" with proofkd_jsd_beta: {beta:g} ({divergence.name})"
+            problems.append(
+                f"{named} cannot run on proofkd_teacher_server: a top-k teacher gives zero "
+                "probability outside its top-k, so KL(student || teacher) is infinite there; use "
+                "proofkd_divergence: forward_kl or jsd (with proofkd_jsd_beta below 1)"
+            )
     if get("sample_packing"):
         problems.append(
             "sample_packing: true is not supported (the proof mask is not carried through packing); "
