@@ -15,14 +15,20 @@ import torch
 
 from proofkd.plugin.loss.chunked import chunked_head
 from proofkd.plugin.loss.divergences import Divergence, get_divergence
-from proofkd.plugin.loss.stats import FIELDS, LossStats
+from proofkd.plugin.loss.stats import CHUNK_FIELDS, LossStats
 
 FORWARD_KL = get_divergence("forward_kl")
+
+
+TOPK_TAILS = ("renormalize", "bucket")
+_LOWEST = torch.finfo(torch.float32).min
 
 
 def stage1_chunk_loss(
     z: torch.Tensor,
     teacher_logits: torch.Tensor | None,
+    topk_ids: torch.Tensor | None,
+    topk_logps: torch.Tensor | None,
     labels: torch.Tensor,
     proof: torch.Tensor,
     c: torch.Tensor,
@@ -31,30 +37,72 @@ def stage1_chunk_loss(
     temperature: torch.Tensor,
     divergence: Divergence,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One chunk's share of the loss, and its sums in the order of `stats.FIELDS`.
+    """One chunk's share of the loss, and its sums in the order of `stats.CHUNK_FIELDS`.
 
     Per row: the label, `proof` (1.0 on derivation tokens) and the CE weight
     `c`; `ce_factor` = ce_coef / D_ce and `kd_factor` = kd_coef * T^2 / D_kd. The
     scalars come as 0-d tensors so that a compiled step serves every value.
-    The divergence runs over the teacher logits' columns, the CE over all of z's.
+    The teacher is `teacher_logits` (the divergence runs over their columns),
+    or `topk_ids` with `topk_logps` (the divergence runs over the k tokens and
+    a tail bucket), or neither (CE only). The CE runs over all of z's columns.
     """
     log_p = torch.log_softmax(z.float(), dim=-1)
     ce = -log_p.gather(1, labels[:, None]).squeeze(1)
-    if teacher_logits is None:
-        div = torch.zeros_like(ce)
+    if teacher_logits is not None:
+        log_p_t, log_q_t = _tempered_full(z, teacher_logits, temperature)
+        div = divergence.per_token(log_p_t, log_q_t)
+    elif topk_ids is not None:
+        log_p_t, log_q_t = _tempered_buckets(log_p, topk_ids, topk_logps, temperature)
+        div = divergence.per_token(log_p_t, log_q_t)
     else:
-        kl_vocab = teacher_logits.shape[1]
-        # A teacher logit of -inf gives log q = -inf; the lowest finite float keeps q = 0 and q log q = 0, not NaN.
-        log_q = torch.log_softmax(teacher_logits.float() / temperature, dim=-1).clamp(
-            min=torch.finfo(torch.float32).min
-        )
-        log_p_t = torch.log_softmax(z[:, :kl_vocab].float() / temperature, dim=-1)
-        div = divergence.per_token(log_p_t, log_q)
+        div = torch.zeros_like(ce)
     weighted = (c * ce).sum()
     loss = ce_factor * weighted + kd_factor * div.sum()
     other = 1.0 - proof
     sums = torch.stack([(ce * proof).sum(), proof.sum(), (ce * other).sum(), other.sum(), div.sum(), weighted, c.sum()])
     return loss, sums.detach()
+
+
+def _tempered_full(z, teacher_logits, temperature):
+    """Student and teacher log-softmax at T over the teacher logits' columns."""
+    kl_vocab = teacher_logits.shape[1]
+    # A teacher logit of -inf gives log q = -inf; the lowest finite float keeps q = 0 and q log q = 0, not NaN.
+    log_q = torch.log_softmax(teacher_logits.float() / temperature, dim=-1).clamp(min=_LOWEST)
+    log_p = torch.log_softmax(z[:, :kl_vocab].float() / temperature, dim=-1)
+    return log_p, log_q
+
+
+def _tempered_buckets(log_p, topk_ids, topk_logps, temperature):
+    """Both sides over k + 1 outcomes, the teacher's top-k tokens and one bucket for the rest, at T.
+
+    Each side's k + 1 probabilities are read at T = 1 (as a server gives the
+    teacher's) and then tempered as one distribution: softmax(log p / T).
+    With k the whole vocabulary the bucket is empty and this is the full KL.
+    """
+    used = torch.isfinite(topk_logps)
+    log_q = torch.where(used, topk_logps.float(), -torch.inf)
+    log_s = torch.where(used, log_p.gather(1, topk_ids), -torch.inf)
+    # The teacher's rest is all a server tells; the student's is summed over the other tokens, which
+    # stays exact when the top-k holds nearly all its mass. The lowest finite float, not -inf, for the
+    # top-k tokens keeps logsumexp's gradient finite when nothing is left.
+    in_topk = torch.zeros_like(log_p).scatter_add(1, topk_ids, used.float()) > 0
+    s_rest = torch.logsumexp(torch.where(in_topk, _LOWEST, log_p), dim=1, keepdim=True)
+    q = torch.cat([log_q, _teacher_rest(log_q)], dim=1)
+    s = torch.cat([log_s, s_rest], dim=1)
+    tempered_q = torch.log_softmax(q / temperature, dim=-1).clamp(min=_LOWEST)
+    tempered_s = torch.log_softmax(s / temperature, dim=-1).clamp(min=_LOWEST)
+    return tempered_s, tempered_q
+
+
+def _teacher_rest(log_q: torch.Tensor) -> torch.Tensor:
+    """log of the teacher's mass outside its top-k, `[rows, 1]`; -inf when that mass is within rounding of 0."""
+    rest = -torch.expm1(torch.logsumexp(log_q.double(), dim=1, keepdim=True))
+    return torch.where(rest > tail_floor(log_q.shape[1]), rest.clamp(min=1e-300).log(), -torch.inf).float()
+
+
+def tail_floor(k: int) -> float:
+    """The teacher's tail counts as empty below this: the rounding error of k float32 probabilities summed."""
+    return k * torch.finfo(torch.float32).eps
 
 
 def proof_kd_loss(
@@ -76,6 +124,7 @@ def proof_kd_loss(
     kl_vocab: int | None = None,
     compile: bool | None = None,
     teacher_topk: tuple[torch.Tensor, torch.Tensor] | None = None,
+    topk_tail: str = "renormalize",
     divergence: Divergence = FORWARD_KL,
 ) -> tuple[torch.Tensor, LossStats]:
     """Proof-weighted CE mixed with kd_coef * T^2 * divergence to the teacher; see `proofkd.plugin.loss`.
@@ -86,8 +135,11 @@ def proof_kd_loss(
 
     The teacher is `teacher_hidden` with `teacher_weight` (its whole
     distribution), or `teacher_topk` = (ids, log-probs), each `[tokens, k]`,
-    as an inference server returns them: the divergence then runs over the
-    teacher's top-k, renormalised at T (-inf log-probs mark unused slots).
+    as an inference server returns them (log-probs at T = 1; -inf marks an
+    unused slot). With `topk_tail="renormalize"` the divergence then runs over
+    the vocabulary with the teacher renormalised over its top-k at T; with
+    `"bucket"` over k + 1 outcomes, the top-k and one bucket holding each
+    side's remaining mass. The stats then carry the teacher's tail mass.
 
     `compile` runs each chunk's arithmetic through `torch.compile`; None
     means wherever it compiles (`chunked.compile_by_default`). The first call
@@ -95,6 +147,8 @@ def proof_kd_loss(
     compile falls back to the eager path with a warning.
     """
     valid = labels != ignore_index
+    if topk_tail not in TOPK_TAILS:
+        raise ValueError(f"topk_tail must be one of {', '.join(TOPK_TAILS)}, got {topk_tail!r}")
     if teacher_topk is not None:
         vocab = kl_vocab or student_weight.shape[0]
         _check_topk(teacher_topk, valid, vocab, student_hidden.shape[0], divergence)
@@ -116,20 +170,24 @@ def proof_kd_loss(
     proof = is_proof.float()
     c = torch.where(is_proof, w, torch.ones_like(w))
 
-    def teacher_logits(idx: torch.Tensor) -> torch.Tensor | None:
+    def teacher_inputs(idx: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        """(dense teacher logits, top-k ids, top-k log-probs) of a chunk; the unused ones None."""
         if kd_coef == 0:
-            return None
-        if teacher_topk is not None:
-            ids, logps = teacher_topk[0][idx], teacher_topk[1][idx]
-            dense = torch.full((idx.numel(), vocab), -torch.inf, dtype=torch.float32, device=device)
-            return dense.scatter_(1, ids, logps.float())
-        return (teacher_hidden[idx].to(teacher_weight.dtype) @ teacher_weight.T)[:, :vocab]
+            return None, None, None
+        if teacher_topk is None:
+            return (teacher_hidden[idx].to(teacher_weight.dtype) @ teacher_weight.T)[:, :vocab], None, None
+        ids, logps = teacher_topk[0][idx], teacher_topk[1][idx]
+        if topk_tail == "bucket":
+            return None, ids, logps
+        dense = torch.full((idx.numel(), vocab), -torch.inf, dtype=torch.float32, device=device)
+        return dense.scatter_(1, ids, logps.float()), None, None
 
+    rows = valid.nonzero().squeeze(1)
     loss, sums = chunked_head(
         student_hidden,
         student_weight,
-        valid.nonzero().squeeze(1),
-        lambda idx: (teacher_logits(idx), labels[idx], proof[idx], c[idx]),
+        rows,
+        lambda idx: (*teacher_inputs(idx), labels[idx], proof[idx], c[idx]),
         stage1_chunk_loss,
         constants=(
             ce_coef / d_ce,
@@ -137,11 +195,19 @@ def proof_kd_loss(
             torch.tensor(float(temperature), device=device),
             divergence,
         ),
-        n_sums=len(FIELDS),
+        n_sums=len(CHUNK_FIELDS),
         chunk_size=chunk_size,
         compile=compile,
     )
-    return loss, LossStats(sums)
+    return loss, LossStats(torch.cat([sums, _tail_sums(teacher_topk if kd_coef else None, rows)]))
+
+
+def _tail_sums(teacher_topk, rows: torch.Tensor) -> torch.Tensor:
+    """(sum of the teacher's mass outside its top-k at T = 1, tokens with a top-k teacher) over `rows`."""
+    if teacher_topk is None:
+        return torch.zeros(2, dtype=torch.float64, device=rows.device)
+    mass = teacher_topk[1][rows].double().exp().sum(-1)
+    return torch.stack([(1.0 - mass).clamp(min=0.0).sum(), mass.new_tensor(float(rows.numel()))])
 
 
 def _check_topk(teacher_topk, valid: torch.Tensor, vocab: int, n: int, divergence: Divergence) -> None:

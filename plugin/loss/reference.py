@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from proofkd.plugin.loss.divergences import Divergence, get_divergence
+from proofkd.plugin.loss.proof_kd import tail_floor
 from proofkd.plugin.loss.stats import LossStats
 
 
@@ -30,6 +31,7 @@ def proof_kd_loss_reference(
     ignore_index: int = -100,
     kl_vocab: int | None = None,
     teacher_topk: tuple[torch.Tensor, torch.Tensor] | None = None,
+    topk_tail: str = "renormalize",
     divergence: Divergence | None = None,
 ) -> tuple[torch.Tensor, LossStats]:
     """Same contract as `proof_kd_loss`, computed in float64 without chunking; the divergence by its reference."""
@@ -45,21 +47,28 @@ def proof_kd_loss_reference(
     weights = torch.where(proof, torch.full_like(ce, float(proof_weight)), torch.ones_like(ce))
     weights = torch.where(valid, weights, torch.zeros_like(ce))
 
-    if kd_coef != 0:
+    divergence = divergence or get_divergence("forward_kl")
+    tail = torch.zeros_like(ce)
+    if kd_coef != 0 and teacher_topk is not None and topk_tail == "bucket":
+        log_p_t, log_q_t, tail = _bucket_distributions(log_p.exp(), teacher_topk, temperature)
+        kl = divergence.reference(log_p_t, log_q_t)
+    elif kd_coef != 0:
         if teacher_topk is not None:
             vocab = kl_vocab or student_weight.shape[0]
             ids, logps = teacher_topk
             teacher_logits = torch.full((ids.shape[0], vocab), -torch.inf, dtype=torch.float64)
             teacher_logits.scatter_(1, ids, logps.double())  # the teacher's top-k only; the rest has no mass
+            tail = 1.0 - logps.double().exp().sum(-1)
         else:
             vocab = kl_vocab or min(student_weight.shape[0], teacher_weight.shape[0])
             teacher_logits = teacher_hidden.double() @ teacher_weight.double().T
         log_q_t = torch.log_softmax(teacher_logits[:, :vocab] / temperature, dim=-1)
         log_p_t = torch.log_softmax(student_logits[:, :vocab] / temperature, dim=-1)
-        kl = (divergence or get_divergence("forward_kl")).reference(log_p_t, log_q_t)
-        kl = torch.where(valid, kl, torch.zeros_like(kl))
+        kl = divergence.reference(log_p_t, log_q_t)
     else:
         kl = torch.zeros_like(ce)
+    kl = torch.where(valid, kl, torch.zeros_like(kl))
+    topk_rows = valid if kd_coef != 0 and teacher_topk is not None else torch.zeros_like(valid)
 
     d_ce = weights.sum() if ce_denominator is None else torch.as_tensor(ce_denominator, dtype=torch.float64)
     d_kd = valid.sum().double() if kd_denominator is None else torch.as_tensor(kd_denominator, dtype=torch.float64)
@@ -74,5 +83,35 @@ def proof_kd_loss_reference(
         kl=kl.sum(),
         ce_weighted=(weights * ce).sum(),
         ce_weight=weights.sum(),
+        teacher_tail=tail.clamp(min=0.0)[topk_rows].sum(),
+        topk_tokens=topk_rows.sum(),
     )
     return loss, stats
+
+
+def _bucket_distributions(p: torch.Tensor, teacher_topk, temperature: float):
+    """Student and teacher log-probabilities over (top-k tokens, one bucket for the rest), tempered; teacher tail.
+
+    Probabilities at T = 1: the teacher's k, the student's at the same ids,
+    each side's rest in the bucket; then each distribution raised to 1 / T and
+    normalised. Unused slots (log-prob -inf) have probability 0 on both sides.
+    """
+    ids, logps = teacher_topk
+    used = torch.isfinite(logps)
+    q = torch.where(used, logps.double().exp(), torch.zeros_like(logps, dtype=torch.float64))
+    s = torch.where(used, p.gather(1, ids), torch.zeros_like(q))
+    in_topk = torch.zeros_like(p, dtype=torch.bool)
+    for slot in range(ids.shape[1]):
+        in_topk[torch.arange(ids.shape[0])[used[:, slot]], ids[used[:, slot], slot]] = True
+    q_tail = 1.0 - q.sum(-1, keepdim=True)
+    q_tail = torch.where(q_tail > tail_floor(ids.shape[1]), q_tail, 0.0)
+    s_tail = torch.where(in_topk, torch.zeros_like(p), p).sum(-1, keepdim=True)
+
+    def tempered(probs):
+        # (kept finite inside where(): its gradient runs through both branches)
+        positive = probs > 0
+        powered = torch.where(positive, torch.where(positive, probs, 1.0) ** (1.0 / temperature), 0.0)
+        normalised = powered / powered.sum(-1, keepdim=True)
+        return torch.where(positive, torch.where(positive, normalised, 1.0).log(), -torch.inf)
+
+    return tempered(torch.cat([s, s_tail], 1)), tempered(torch.cat([q, q_tail], 1)), q_tail.squeeze(1)

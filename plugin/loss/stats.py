@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import torch
 
-FIELDS = ("ce_proof", "proof_tokens", "ce_other", "other_tokens", "kl", "ce_weighted", "ce_weight")
+# The sums a loss chunk returns, then those of a top-k teacher (its mass outside the top-k, and its tokens).
+CHUNK_FIELDS = ("ce_proof", "proof_tokens", "ce_other", "other_tokens", "kl", "ce_weighted", "ce_weight")
+FIELDS = (*CHUNK_FIELDS, "teacher_tail", "topk_tokens")
 
 
 class LossStats:
@@ -42,14 +44,14 @@ class LossStats:
         return float(self.sums[FIELDS.index(name)])
 
     def means(self, temperature: float) -> dict[str, float]:
-        """The logged figures: mean CE on proof and other tokens, mean KL, weighted CE."""
+        """The logged figures: mean CE on proof and other tokens, mean KL, weighted CE; a top-k teacher's tail mass."""
         s = dict(zip(FIELDS, self.sums.tolist(), strict=True))
         tokens = s["proof_tokens"] + s["other_tokens"]
 
         def ratio(num: float, den: float) -> float:
             return num / den if den > 0 else float("nan")
 
-        return {
+        means = {
             "ce_proof": ratio(s["ce_proof"], s["proof_tokens"]),
             "ce_other": ratio(s["ce_other"], s["other_tokens"]),
             "ce": ratio(s["ce_proof"] + s["ce_other"], tokens),
@@ -59,3 +61,6 @@ class LossStats:
             "proof_token_frac": ratio(s["proof_tokens"], tokens),
             "tokens": tokens,
         }
+        if s["topk_tokens"] > 0:
+            means["teacher_tail_mass"] = s["teacher_tail"] / s["topk_tokens"]
+        return means

@@ -39,4 +39,7 @@ class Divergence:
 def expected_log_ratio(log_x: torch.Tensor, log_y: torch.Tensor) -> torch.Tensor:
     """KL(x || y) = sum_j x_j (log x_j - log y_j) over the last axis, with 0 log 0 = 0 (for the float64 references)."""
     x = log_x.exp()
-    return torch.where(x > 0, x * (log_x - log_y), torch.zeros_like(x)).sum(-1)
+    # where() passes gradients through both branches: keep the masked one finite so 0 * inf gives no NaN.
+    support = x > 0
+    ratio = torch.where(support, log_x, 0.0) - torch.where(support, log_y, 0.0)
+    return torch.where(support, x * ratio, 0.0).sum(-1)
