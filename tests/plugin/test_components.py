@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 from axolotl.utils.dict import DictDefault
-from helpers import PLUGIN, make_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from proofkd.core.data.stem import generate
+from proofkd.core.tokenize import tokenize_stage1
 from proofkd.plugin.collator import ProofSpanCollator
 from proofkd.plugin.heads import UnsupportedHeadError, final_hidden_states, head_replaced, verify_linear_head
 from proofkd.plugin.teacher import TeacherMismatchError, check_compatible
 from proofkd.plugin.trainer import StepTotals, shifted_counts
-from proofkd.core.tokenize import tokenize_stage1
+from tests.helpers import PLUGIN, make_model
 
 
 @pytest.fixture(scope="module")

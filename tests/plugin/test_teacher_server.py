@@ -12,10 +12,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
-from fake_vllm import MODEL_NAME, FakeVLLM
 
 from proofkd.plugin.teacher import InProcessTeacher
 from proofkd.plugin.teacher_server import ServerTeacher, TeacherServerError
+from tests.fake_vllm import MODEL_NAME, FakeVLLM
 
 
 @pytest.fixture(scope="module")

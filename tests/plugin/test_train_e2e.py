@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 
 import pytest
-from helpers import axolotl_train, read_log, tiny_recipe, train_records
 
 from proofkd.plugin.schedule import proof_weight_at
+from tests.helpers import axolotl_train, read_log, tiny_recipe, train_records
 
 pytestmark = pytest.mark.slow
 
@@ -130,8 +130,9 @@ def served_variant(tiny, tmp_path_factory, name, topk=None):
     """A base-like run whose teacher is the tiny teacher behind a local vLLM-style server, asked for its top-k
     (default: as wide as the vocabulary). Returns the records, the output and the number of requests served."""
     import torch
-    from fake_vllm import MODEL_NAME, FakeVLLM
     from transformers import AutoModelForCausalLM
+
+    from tests.fake_vllm import MODEL_NAME, FakeVLLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny["teacher"], dtype=torch.float32).eval()
     with FakeVLLM(model) as server:
