@@ -22,13 +22,17 @@ import time
 from pathlib import Path
 
 import yaml
+
 from proofkd.core import embedded
 from proofkd.core.logs import get_logger
+from proofkd.core.recipes import recipe_path
 
 LOG = get_logger("proofkd.quickstart")
 
-DEFAULT_RECIPE = Path("yaml/quickstart/stage1_kd.yml")
-OPD_RECIPE = Path("yaml/quickstart/opd.yml")
+# Shipped recipes (`proofkd recipes list`), read from the installed package so
+# that the quickstart runs from any folder; a --recipe path replaces them.
+DEFAULT_RECIPE = "quickstart/stage1_kd"
+OPD_RECIPE = "quickstart/opd"
 OPD_HELDOUT = "proofkd:arith-dapo?split=heldout&n=16&seed=0"
 
 
@@ -90,15 +94,19 @@ def _axolotl_train(recipe: Path, output: Path, prepared: Path) -> None:
     subprocess.run(command, check=True, env=env)
 
 
+def _recipe(recipe: str | Path | None, default: str) -> Path:
+    """The given recipe file, or the shipped one called `default`."""
+    return recipe_path(default) if recipe is None else Path(recipe)
+
+
 def _check_recipe(recipe: Path) -> dict:
     if not recipe.is_file():
-        raise SystemExit(
-            f"recipe {recipe} not found: run `proofkd quickstart` from the repository root, or pass --recipe"
-        )
+        raise SystemExit(f"recipe {recipe} not found: pass --recipe a recipe file, or leave it out for the shipped one")
     return yaml.safe_load(recipe.read_text(encoding="utf-8"))
 
 
-def run(recipe: Path = DEFAULT_RECIPE, output_dir: Path = Path("outputs/quickstart")) -> dict:
+def run(recipe: str | Path | None = None, output_dir: Path = Path("outputs/quickstart")) -> dict:
+    recipe = _recipe(recipe, DEFAULT_RECIPE)
     cfg = _check_recipe(recipe)
     started = time.monotonic()
     LOG.info("step 1/4: materialising the embedded teacher, student and data (cached after the first run)")
@@ -173,9 +181,10 @@ def format_opd_table(before: dict, after: dict) -> str:
 
 
 def run_opd(
-    recipe: Path = OPD_RECIPE, output_dir: Path = Path("outputs/quickstart-opd"), heldout: str = OPD_HELDOUT
+    recipe: str | Path | None = None, output_dir: Path = Path("outputs/quickstart-opd"), heldout: str = OPD_HELDOUT
 ) -> dict:
     """On-policy distillation on the embedded default, measured before and after on held-out prompts."""
+    recipe = _recipe(recipe, OPD_RECIPE)
     cfg = _check_recipe(recipe)
     started = time.monotonic()
     LOG.info("step 1/4: materialising the embedded teacher, student and prompts (cached after the first run)")
