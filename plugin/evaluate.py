@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from proofkd.core.tokenize import tokenize_stage1
 from proofkd.plugin.heads import final_hidden_states, output_head
 from proofkd.plugin.loss import LossStats, proof_kd_loss_reference
-from proofkd.core.tokenize import tokenize_stage1
 
 
 @torch.no_grad()

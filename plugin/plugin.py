@@ -37,13 +37,13 @@ import hashlib
 from collections import Counter
 
 from proofkd.core.logs import get_logger
+from proofkd.core.templates import FINAL_ANSWER_MARKER, PROOF_MARKER
+from proofkd.core.tokenize import SpanStatus
 from proofkd.plugin.base import TrainingPlugin
 from proofkd.plugin.collator import ProofSpanCollator
 from proofkd.plugin.heads import output_head, verify_linear_head
 from proofkd.plugin.teacher import InProcessTeacher, TeacherSpec, check_compatible
 from proofkd.plugin.trainer import JsonlLogCallback, ProofKDConfig, ProofKDTrainer
-from proofkd.core.templates import FINAL_ANSWER_MARKER, PROOF_MARKER
-from proofkd.core.tokenize import SpanStatus
 
 LOG = get_logger(__name__)
 

@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
-from tests.plugin.loss_helpers import compare, make_inputs, run, sparse_inputs, topk_of
 
 from proofkd.plugin.loss import DIVERGENCES, get_divergence, proof_kd_loss, proof_kd_loss_reference
+from tests.plugin.loss_helpers import compare, make_inputs, run, sparse_inputs, topk_of
 
 CHOICES = [
     ("forward_kl", {}),
