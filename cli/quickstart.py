@@ -49,7 +49,7 @@ def _measure(student_path: Path, teacher_path: Path, rows: list[dict], sequence_
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from proofkd.plugin.evaluate import heldout_metrics
+    from proofkd.plugin.heldout import heldout_metrics
 
     tokenizer = AutoTokenizer.from_pretrained(teacher_path)
     teacher = AutoModelForCausalLM.from_pretrained(teacher_path, dtype=torch.float32)
@@ -150,7 +150,7 @@ def _measure_opd(student_path: Path, teacher_path: Path, rows: list[dict], cfg: 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from proofkd.plugin.opd.evaluate import reverse_kl_on_prompts
+    from proofkd.plugin.opd.heldout import reverse_kl_on_prompts
 
     trl = cfg.get("trl") or {}
     tokenizer = AutoTokenizer.from_pretrained(teacher_path)

@@ -21,14 +21,15 @@ What each Axolotl hook does here:
   Axolotl load the data as usual.
 - `pre_model_load`: refuses a teacher whose tokenizer differs from the
   student's, before the student is loaded (with a teacher server, when
-  `proofkd_teacher` names the served model's tokenizer).
+  `proofkd_teacher` names the served model's tokenizer); see
+  `proofkd.plugin.base`.
 - `get_trainer_cls`, `get_collator_cls_and_kwargs`, `get_training_args`: the
   trainer, the collator that pads `proof_mask`, and `remove_unused_columns:
   false` so the mask reaches the trainer.
 - `post_trainer_create`: loads the teacher on each rank's device (or connects
-  to the teacher server), checks both
-  output heads and the vocabulary rows, attaches the teacher, and logs how many
-  rows had a whole, truncated or missing derivation.
+  to the teacher server) through `proofkd.plugin.teacher.load_teacher`,
+  checks both output heads and the vocabulary rows, attaches the teacher,
+  and logs how many rows had a whole, truncated or missing derivation.
 """
 
 from __future__ import annotations
@@ -41,8 +42,7 @@ from proofkd.core.templates import FINAL_ANSWER_MARKER, PROOF_MARKER
 from proofkd.core.tokenize import SpanStatus
 from proofkd.plugin.base import TrainingPlugin
 from proofkd.plugin.collator import ProofSpanCollator
-from proofkd.plugin.heads import output_head, verify_linear_head
-from proofkd.plugin.teacher import InProcessTeacher, TeacherSpec, check_compatible
+from proofkd.plugin.heads import verify_linear_head
 from proofkd.plugin.trainer import JsonlLogCallback, ProofKDConfig, ProofKDTrainer
 
 LOG = get_logger(__name__)
@@ -79,14 +79,8 @@ class ProofKDPlugin(TrainingPlugin):
         prepared = cfg.get("dataset_prepared_path") or DEFAULT_PREPARED_PATH
         cfg["dataset_prepared_path"] = f"{prepared}/proofkd-{data_fingerprint(cfg)}"
 
-    def pre_model_load(self, cfg):
-        if not cfg.proofkd_kd_coef or not cfg.proofkd_teacher:
-            return
-        from transformers import AutoTokenizer
-
-        student = AutoTokenizer.from_pretrained(cfg.tokenizer_config or cfg.base_model)
-        teacher = AutoTokenizer.from_pretrained(cfg.proofkd_teacher)
-        check_compatible(student, teacher, student_rows=len(student), teacher_rows=len(teacher))
+    def needs_teacher(self, cfg) -> bool:
+        return bool(cfg.proofkd_kd_coef)
 
     def get_trainer_cls(self, cfg):
         return ProofKDTrainer
@@ -106,19 +100,10 @@ class ProofKDPlugin(TrainingPlugin):
         model = trainer.model
         verify_linear_head(model, model.get_input_embeddings().weight.new_ones(1, 8, dtype=int))
         teacher, kl_vocab = None, None
-        if cfg.proofkd_kd_coef and cfg.proofkd_teacher_server:
-            teacher, kl_vocab = self._server_teacher(cfg, trainer)
-        elif cfg.proofkd_kd_coef:
-            spec = TeacherSpec.from_cfg(cfg)
-            teacher = InProcessTeacher.load(spec, cfg, trainer.accelerator, trainer.args.device)
-            from transformers import AutoTokenizer
-
-            kl_vocab = check_compatible(
-                trainer.processing_class,
-                AutoTokenizer.from_pretrained(cfg.proofkd_teacher),
-                student_rows=output_head(model).weight.shape[0],
-                teacher_rows=teacher.vocab_rows,
-            )
+        if self.needs_teacher(cfg):
+            teacher, kl_vocab = self.teacher(cfg, trainer)
+            if teacher.vocab_rows is None:
+                LOG.info("the KL runs over the served teacher's top-%d tokens at each position", teacher.topk)
         trainer.attach(ProofKDConfig.from_cfg(cfg), teacher, kl_vocab)
         for name, dataset in (("train", trainer.train_dataset), ("eval", trainer.eval_dataset)):
             counts = count_span_statuses(dataset)
@@ -131,19 +116,6 @@ class ProofKDPlugin(TrainingPlugin):
                     counts["truncated"],
                     counts["none"],
                 )
-
-    def _server_teacher(self, cfg, trainer):
-        """A client of the teacher server; the KL runs over the teacher's top-k on the student's vocabulary rows."""
-        from proofkd.plugin.teacher_server import ServerTeacher
-
-        teacher = ServerTeacher.from_cfg(cfg)
-        LOG.info(
-            "teacher served at %s as %s; the KL runs over its top-%d tokens at each position",
-            teacher.url,
-            teacher.model,
-            cfg.proofkd_teacher_server_topk,
-        )
-        return teacher, output_head(trainer.model).weight.shape[0]
 
     def add_callbacks_post_trainer(self, cfg, trainer):
         return [JsonlLogCallback()]

@@ -1,4 +1,24 @@
-"""The online teacher: loaded once, frozen, run per batch to its final hidden states.
+"""The online teacher: one interface, one implementation per backend, one loading path, one compatibility check.
+
+What a teacher gives a batch (`Teacher`):
+
+- `targets(input_ids, attention_mask) -> TeacherTargets`: what the Stage-1
+  loss needs, per predicted token, already shifted and flattened: row i is
+  the teacher's view of the token the student predicts from position i.
+  Either the teacher's final hidden states and its full output weight (the
+  KL runs over the whole vocabulary) or its top-k ids and log-probs (the KL
+  runs over those, renormalised);
+- `score(input_ids, attention_mask, completion_len, topk) -> TokenScores`:
+  OPD's view, the log-probabilities of the sampled completion tokens;
+- `vocab_rows`: the rows of the teacher's output layer, or None when only
+  its top-k is seen (a server; the KL then uses the student's rows).
+
+Backends: `InProcessTeacher` (here) and `ServerTeacher`
+(`proofkd.plugin.teacher_server`). `load_teacher(cfg, ...)` picks one from
+`proofkd_teacher_server`. Compatibility is checked in two places only, by
+the two plugins alike: `check_teacher_tokenizer(cfg)` before the student
+loads (the tokenizers must be one), and `kl_vocab_rows(teacher, ...)` once
+both models are there (the vocabulary rows the KL runs over).
 
 The in-process teacher sits on its own device and dtype. Placement follows the
 launch: one process puts it on `proofkd_teacher_device` (by default the
@@ -16,6 +36,7 @@ every real token.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +54,72 @@ _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torc
 
 class TeacherMismatchError(ValueError):
     """Teacher and student cannot be distilled into one another as configured."""
+
+
+@dataclass(frozen=True)
+class TeacherTargets:
+    """The teacher's side of the Stage-1 loss for one batch, one row per predicted token (shifted, flattened).
+
+    Row i belongs to the token the student predicts from position i (the
+    label at i + 1). Exactly one form is set:
+
+    - full vocabulary: `hidden` `[N, H_t]` and `weight` `[V_t, H_t]`, the
+      teacher's final hidden states and output weight (logits = hidden @ weight^T);
+    - top-k: `topk_ids` and `topk_logps` `[N, k]`, the teacher's k most likely
+      tokens and their log-probabilities (-inf where it has none, e.g. padding).
+    """
+
+    hidden: torch.Tensor | None = None
+    weight: torch.Tensor | None = None
+    topk_ids: torch.Tensor | None = None
+    topk_logps: torch.Tensor | None = None
+
+    def __post_init__(self):
+        full = self.hidden is not None and self.weight is not None
+        topk = self.topk_ids is not None and self.topk_logps is not None
+        partial = any(t is not None for t in (self.hidden, self.weight, self.topk_ids, self.topk_logps))
+        if full == topk or not partial:
+            raise ValueError("TeacherTargets holds either hidden and weight, or topk_ids and topk_logps")
+
+    @property
+    def topk(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """`(topk_ids, topk_logps)` for the loss's `teacher_topk`, or None for the full-vocabulary form."""
+        return None if self.topk_ids is None else (self.topk_ids, self.topk_logps)
+
+
+class Teacher(ABC):
+    """What a teacher gives a batch; one subclass per backend (see the module docstring)."""
+
+    @property
+    @abstractmethod
+    def vocab_rows(self) -> int | None:
+        """Rows of the teacher's output layer, or None when only its top-k is seen (the KL uses the student's)."""
+
+    @abstractmethod
+    def targets(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> TeacherTargets:
+        """Stage 1: the teacher's view of every predicted token of the batch, on `input_ids`' device."""
+
+    @abstractmethod
+    def score(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_len: int, topk: int = 0
+    ) -> TokenScores:
+        """OPD: log-probabilities `[B, T]` of the last `completion_len` tokens of each row (and their top-k)."""
+
+    def describe(self) -> str:
+        """One line for the log: where the teacher is."""
+        return type(self).__name__
+
+
+def load_teacher(cfg, accelerator, student_device: torch.device) -> Teacher:
+    """The teacher a recipe describes: a client of `proofkd_teacher_server` if set, else the model in process."""
+    if cfg.proofkd_teacher_server:
+        from proofkd.plugin.teacher_server import ServerTeacher
+
+        teacher = ServerTeacher.from_cfg(cfg)
+    else:
+        teacher = InProcessTeacher.load(TeacherSpec.from_cfg(cfg), cfg, accelerator, student_device)
+    LOG.info("%s", teacher.describe())
+    return teacher
 
 
 @dataclass(frozen=True)
@@ -80,18 +167,31 @@ def resolve_device(spec_device: str, training_device: torch.device, world_size: 
     return device
 
 
-def check_compatible(student_tokenizer, teacher_tokenizer, student_rows: int, teacher_rows: int) -> int:
-    """Raise `TeacherMismatchError` unless the two can be distilled; return the KL's vocabulary rows."""
+def check_same_tokenizer(student_tokenizer, teacher_tokenizer) -> None:
+    """Raise `TeacherMismatchError` unless both tokenizers map the same tokens to the same ids."""
     s_vocab, t_vocab = student_tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
-    if s_vocab != t_vocab:
-        differing = sorted(set(s_vocab.items()) ^ set(t_vocab.items()), key=lambda kv: kv[1])
-        examples = ", ".join(f"{tok!r}->{idx}" for tok, idx in differing[:5])
+    if s_vocab == t_vocab:
+        return
+    s_pairs, t_pairs = set(s_vocab.items()), set(t_vocab.items())
+    differing = sorted(s_pairs ^ t_pairs, key=lambda kv: kv[1])
+    examples = ", ".join(f"{tok!r}->{idx}" for tok, idx in differing[:5])
+    head = (
+        f"teacher and student tokenizers differ ({len(s_vocab)} vs {len(t_vocab)} tokens; "
+        f"{len(differing)} (token, id) pairs are not shared, e.g. {examples}). "
+    )
+    if t_pairs < s_pairs:  # the teacher's tokenizer plus tokens the student's adds
         raise TeacherMismatchError(
-            f"teacher and student tokenizers differ ({len(s_vocab)} vs {len(t_vocab)} tokens; "
-            f"{len(differing)} (token, id) pairs are not shared, e.g. {examples}). "
-            "Logit distillation needs one tokenizer: pick a teacher from the student's model family"
+            head + f"The student's tokenizer is the teacher's plus {len(s_pairs - t_pairs)} added tokens (the "
+            "recipe's special_tokens or tokens, or its tokenizer_config), for which the teacher has no trained "
+            "logits: add the same tokens to the teacher's tokenizer, or remove them from the recipe"
         )
-    tokens = len(student_tokenizer)
+    raise TeacherMismatchError(
+        head + "Logit distillation needs one tokenizer: pick a teacher from the student's model family"
+    )
+
+
+def shared_vocab_rows(tokens: int, student_rows: int, teacher_rows: int) -> int:
+    """The vocabulary rows the KL runs over (the first min of both); raise if they miss a real token."""
     shared_rows = min(student_rows, teacher_rows)
     if shared_rows < tokens:
         raise TeacherMismatchError(
@@ -109,8 +209,42 @@ def check_compatible(student_tokenizer, teacher_tokenizer, student_rows: int, te
     return shared_rows
 
 
-class InProcessTeacher:
-    """A frozen causal LM that returns its final hidden states for a batch."""
+def check_compatible(student_tokenizer, teacher_tokenizer, student_rows: int, teacher_rows: int) -> int:
+    """Raise `TeacherMismatchError` unless the two can be distilled; return the KL's vocabulary rows."""
+    check_same_tokenizer(student_tokenizer, teacher_tokenizer)
+    return shared_vocab_rows(len(student_tokenizer), student_rows, teacher_rows)
+
+
+def check_teacher_tokenizer(cfg, student_tokenizer, teacher_tokenizer=None) -> None:
+    """Before the student loads: refuse a teacher (`proofkd_teacher`) whose tokenizer is not the student's.
+
+    With a teacher server, `proofkd_teacher` names the served model's
+    tokenizer; if only `proofkd_teacher_server_model` is set, nothing names
+    it and nothing is checked.
+    """
+    if not cfg.proofkd_teacher:
+        return
+    if teacher_tokenizer is None:
+        from transformers import AutoTokenizer
+
+        teacher_tokenizer = AutoTokenizer.from_pretrained(cfg.proofkd_teacher)
+    check_same_tokenizer(student_tokenizer, teacher_tokenizer)
+
+
+def kl_vocab_rows(teacher: Teacher, student_tokenizer, student_rows: int) -> int:
+    """Once both models are loaded: the vocabulary rows the KL runs over.
+
+    An in-process teacher: the rows both output layers have, which must
+    cover every token. A server (`vocab_rows` None): the student's rows, the
+    teacher's top-k ids being ids of the shared tokenizer.
+    """
+    if teacher.vocab_rows is None:
+        return student_rows
+    return shared_vocab_rows(len(student_tokenizer), student_rows, teacher.vocab_rows)
+
+
+class InProcessTeacher(Teacher):
+    """A frozen causal LM in this process: its final hidden states and its full output weight."""
 
     def __init__(self, model: nn.Module, output_weight: torch.Tensor, device: torch.device):
         self.model = model
@@ -120,6 +254,9 @@ class InProcessTeacher:
     @property
     def vocab_rows(self) -> int:
         return self.output_weight.shape[0]
+
+    def describe(self) -> str:
+        return f"teacher in process on {self.device}, {self.vocab_rows} vocabulary rows"
 
     @classmethod
     def load(cls, spec: TeacherSpec, cfg, accelerator, student_device: torch.device) -> InProcessTeacher:
@@ -157,6 +294,12 @@ class InProcessTeacher:
         if attention_mask is not None:
             inputs["attention_mask"] = attention_mask.to(self.device)
         return final_hidden_states(self.model, **inputs).to(out_device)
+
+    @torch.no_grad()
+    def targets(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> TeacherTargets:
+        """The hidden states at positions `[:, :-1]` (each predicts the next token), flattened, and the weight."""
+        hidden = self.hidden_states(input_ids, attention_mask)
+        return TeacherTargets(hidden=hidden[:, :-1].reshape(-1, hidden.shape[-1]), weight=self.output_weight)
 
     @torch.no_grad()
     def score(

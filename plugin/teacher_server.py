@@ -1,8 +1,9 @@
 """A teacher behind an OpenAI-compatible inference server (vLLM), for teachers too big to sit beside the student.
 
-OPD needs only the teacher's log-probability of each token the student
-sampled; Stage 1 takes the teacher's top-k at every position
-(`topk_by_position`), over which its KL then runs. vLLM returns those for a prompt given as token ids when asked for
+A `proofkd.plugin.teacher.Teacher`. OPD needs only the teacher's
+log-probability of each token the student sampled (`score`); Stage 1 takes
+the teacher's top-k at every position (`topk_by_position`, shifted into
+`targets`), over which its KL then runs. vLLM returns those for a prompt given as token ids when asked for
 `prompt_logprobs`: one entry per prompt position (the first is null), each a
 map from token id to `{"logprob": ..., "rank": ...}` holding the actual token
 and the top-k. The client sends each sequence (prompt and completion, padding
@@ -25,6 +26,7 @@ import torch
 
 from proofkd.core.logs import get_logger
 from proofkd.plugin.logprobs import TokenScores
+from proofkd.plugin.teacher import Teacher, TeacherTargets
 
 LOG = get_logger(__name__)
 
@@ -33,8 +35,12 @@ class TeacherServerError(RuntimeError):
     """The teacher server could not be reached or answered something unusable."""
 
 
-class ServerTeacher:
-    """Scores token sequences with a teacher served over HTTP (`/completions` with `prompt_logprobs`)."""
+class ServerTeacher(Teacher):
+    """Scores token sequences with a teacher served over HTTP (`/completions` with `prompt_logprobs`).
+
+    `topk` is the k of Stage 1's `targets` (`proofkd_teacher_server_topk`);
+    OPD's `score` takes its own.
+    """
 
     def __init__(
         self,
@@ -45,15 +51,17 @@ class ServerTeacher:
         retries: int = 3,
         pause: float = 1.0,
         rows_per_request: int = 8,
+        topk: int | None = None,
     ):
-        if retries < 1 or timeout <= 0 or rows_per_request < 1:
-            raise ValueError("ServerTeacher needs retries >= 1, timeout > 0 and rows_per_request >= 1")
+        if retries < 1 or timeout <= 0 or rows_per_request < 1 or topk is not None and topk < 1:
+            raise ValueError("ServerTeacher needs retries >= 1, timeout > 0, rows_per_request >= 1 and topk >= 1")
         self.url = base_url.rstrip("/") + "/completions"
         self.model = model
         self.rows_per_request = rows_per_request
         self.timeout = timeout
         self.retries = retries
         self.pause = pause
+        self.topk = topk
         self.session = requests.Session()
 
     @classmethod
@@ -64,7 +72,16 @@ class ServerTeacher:
             cfg.proofkd_teacher_server_model or cfg.proofkd_teacher,
             timeout=cfg.proofkd_teacher_server_timeout,
             retries=cfg.proofkd_teacher_server_retries,
+            topk=cfg.proofkd_teacher_server_topk,
         )
+
+    @property
+    def vocab_rows(self) -> None:
+        """A server shows only its top-k, never its output layer: the KL runs over the student's rows."""
+        return None
+
+    def describe(self) -> str:
+        return f"teacher served at {self.url} as {self.model}"
 
     def _post(self, payload: dict) -> dict:
         last = None
@@ -119,6 +136,15 @@ class ServerTeacher:
         if not topk:
             return TokenScores(logps.to(device))
         return TokenScores(logps.to(device), top_ids.to(device), top_lps.to(device))
+
+    @torch.no_grad()
+    def targets(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> TeacherTargets:
+        """The teacher's top-`topk` at positions `[:, 1:]`, flattened (j + 1 holds the token predicted from j)."""
+        if self.topk is None:
+            raise ValueError("ServerTeacher.targets needs the client's topk (proofkd_teacher_server_topk)")
+        ids, logps = self.topk_by_position(input_ids, attention_mask, self.topk)
+        k = ids.shape[-1]
+        return TeacherTargets(topk_ids=ids[:, 1:].reshape(-1, k), topk_logps=logps[:, 1:].reshape(-1, k))
 
     @torch.no_grad()
     def topk_by_position(

@@ -1,7 +1,8 @@
 """The Stage-1 trainer: the online teacher and the proof-weighted KD loss inside Axolotl's trainer.
 
-Per micro-batch: the teacher runs (no grad) to its final hidden states; the
-student runs with its output head swapped for the loss head
+Per micro-batch: the teacher gives its targets (no grad; `Teacher.targets`:
+its final hidden states and output weight in process, its top-k from a
+server); the student runs with its output head swapped for the loss head
 (`proofkd.plugin.heads`), so the loss is computed inside the student's forward
 from its final hidden states and output weight, with no logits materialised.
 
@@ -10,7 +11,8 @@ Normalisation over an optimizer step: before a step's micro-batches run,
 every micro-batch of the accumulation window and, under a multi-process
 launch, over every rank. Each micro-batch's loss is its share of the step's
 loss, so the sum over the window is the formula in `proofkd.plugin.loss`
-evaluated on the whole step, however it is split.
+evaluated on the whole step, however it is split. How the totals reach the
+loss, and the rank factor, are described at `ProofKDTrainer._step_denominators`.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from transformers import TrainerCallback
 from proofkd.core.logs import get_logger
 from proofkd.plugin.heads import head_replaced
 from proofkd.plugin.loss import LossStats, proof_kd_loss
+from proofkd.plugin.loss.divergences import Divergence, get_divergence
 from proofkd.plugin.schedule import proof_weight_at
+from proofkd.plugin.teacher import Teacher, TeacherTargets
 
 LOG = get_logger(__name__)
 
@@ -36,18 +40,22 @@ LOG_FILE = "proofkd_log.jsonl"
 
 @dataclass(frozen=True)
 class ProofKDConfig:
-    """Loss settings of a run (the `proofkd_*` keys, without the teacher's)."""
+    """Loss settings of a run: the validated `proofkd_*` keys (without the teacher's), read by `from_cfg`.
 
-    temperature: float = 2.0
-    ce_coef: float = 0.55
-    kd_coef: float = 0.45
-    proof_weight_start: float = 2.5
-    proof_weight_end: float = 1.5
-    proof_weight_schedule: str = "linear"
-    ce_normalization: str = "weights"
-    chunk_size: int | None = None
-    compile_head: bool = False
-    server_topk: int = 20
+    No defaults here: each lives once, in `proofkd.plugin.args.ProofKDArgs`.
+    """
+
+    temperature: float
+    ce_coef: float
+    kd_coef: float
+    proof_weight_start: float
+    proof_weight_end: float
+    proof_weight_schedule: str
+    ce_normalization: str
+    chunk_size: int | None
+    compile_head: bool
+    divergence: str
+    jsd_beta: float
 
     @classmethod
     def from_cfg(cls, cfg) -> ProofKDConfig:
@@ -61,13 +69,19 @@ class ProofKDConfig:
             ce_normalization=cfg.proofkd_ce_normalization,
             chunk_size=cfg.proofkd_chunk_size,
             compile_head=bool(cfg.proofkd_compile_loss_head),
-            server_topk=cfg.proofkd_teacher_server_topk,
+            divergence=cfg.proofkd_divergence,
+            jsd_beta=cfg.proofkd_jsd_beta,
         )
 
 
 @dataclass(frozen=True)
 class StepTotals:
-    """Token counts of one optimizer step, summed over its micro-batches (and ranks)."""
+    """Token counts of one optimizer step, summed over its micro-batches (and ranks).
+
+    `get_batch_samples` builds one per optimizer step and returns it where
+    HF's Trainer expects the step's item count; the Trainer hands it,
+    unchanged, to every `compute_loss` of that step as `num_items_in_batch`.
+    """
 
     tokens: torch.Tensor
     proof_tokens: torch.Tensor
@@ -87,6 +101,15 @@ def shifted_counts(batch: dict) -> torch.Tensor:
     return torch.stack([valid.sum(), proof.sum()])
 
 
+@dataclass(frozen=True)
+class Denominators:
+    """What a micro-batch's loss is divided by, and the factor its loss is multiplied by afterwards."""
+
+    ce: torch.Tensor | None  # None: the loss head's own (this batch's weights)
+    kd: torch.Tensor | None  # None: this batch's valid tokens
+    ranks: int
+
+
 class ProofKDTrainer(AxolotlTrainer):
     """Axolotl's trainer with the proof-weighted KD loss and an online teacher.
 
@@ -97,14 +120,18 @@ class ProofKDTrainer(AxolotlTrainer):
         super().__init__(*args, **kwargs)
         # The loss is normalised per optimizer step here, not by the trainer.
         self.model_accepts_loss_kwargs = True
-        self.proofkd: ProofKDConfig = ProofKDConfig()
-        self.teacher = None
+        self.proofkd: ProofKDConfig | None = None
+        self.teacher: Teacher | None = None
         self.kl_vocab: int | None = None
+        self.divergence: Divergence | None = None
         self._proofkd_stats = {"train": LossStats.zeros(), "eval": LossStats.zeros()}
         self._weight_used: float | None = None  # the proof weight of the last training micro-batch
 
-    def attach(self, config: ProofKDConfig, teacher, kl_vocab: int | None) -> None:
+    def attach(self, config: ProofKDConfig, teacher: Teacher | None, kl_vocab: int | None) -> None:
+        """The run's settings, its teacher (None when the KL is off) and the KL's vocabulary rows; the divergence
+        is built here, once (a served teacher with a divergence infinite on its top-k is refused by `args`)."""
         self.proofkd, self.teacher, self.kl_vocab = config, teacher, kl_vocab
+        self.divergence = get_divergence(config.divergence, beta=config.jsd_beta)
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
@@ -122,6 +149,7 @@ class ProofKDTrainer(AxolotlTrainer):
         )
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """The step's micro-batches, and their `StepTotals` as HF's item count (see `_step_denominators`)."""
         batches = []
         for _ in range(num_batches):
             try:
@@ -136,40 +164,70 @@ class ProofKDTrainer(AxolotlTrainer):
         return batches, totals
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.proofkd is None:
+            raise RuntimeError("ProofKDTrainer is not attached: the plugin calls attach() in post_trainer_create")
         inputs = dict(inputs)
         labels = inputs.pop("labels")
         proof_mask = inputs.pop("proof_mask")
         inputs.pop("num_items_in_batch", None)
         weight = self.proof_weight()
-        config = self.proofkd
+        denominators = self._step_denominators(num_items_in_batch, labels, proof_mask, weight)
+        targets = self._teacher_targets(inputs)
+        stats_out: list[LossStats] = []
+        # row i of everything the loss head sees belongs to the token predicted from position i
+        flat_labels, flat_proof = labels[:, 1:].reshape(-1), proof_mask[:, 1:].reshape(-1)
+        head = self._loss_head(targets, flat_labels, flat_proof, weight, denominators, stats_out)
+        inputs["use_cache"] = False
+        with head_replaced(model, head):
+            outputs = model(**inputs)
+        # Undo accelerate's mean over ranks (see `_step_denominators`): the gradient is the step's global sum.
+        loss = outputs.logits * denominators.ranks
+        self._record_stats(model.training, stats_out[0], weight)
+        return (loss, {}) if return_outputs else loss
 
+    def _step_denominators(self, num_items_in_batch, labels, proof_mask, weight: float) -> Denominators:
+        """The CE and KL denominators of this micro-batch's loss, and the rank factor.
+
+        Training: HF's Trainer calls `get_batch_samples` once per optimizer
+        step and passes what it returns as the step's item count, here a
+        `StepTotals`, as `num_items_in_batch` to each of the step's
+        `compute_loss` calls. The denominators are then the whole step's
+        (every micro-batch of the accumulation window, every rank), so the
+        micro-batch losses add up to the step's loss however it is split.
+        Because `model_accepts_loss_kwargs` is set, the Trainer does not also
+        divide by the accumulation steps.
+
+        `ranks` (`across_processes`): DDP, FSDP and DeepSpeed average the
+        gradients over the ranks. A loss already divided by the global token
+        count must therefore be multiplied by the number of ranks, so that the
+        average of the ranks' gradients is the gradient of the global sum
+        over the step (HF's own `average_tokens_across_devices` does the same).
+
+        Evaluation or a direct call (anything but a `StepTotals`): this batch
+        alone, on this rank, with factor 1.
+        """
         if isinstance(num_items_in_batch, StepTotals):
-            d_ce, d_kd = num_items_in_batch.denominators(weight, config.ce_normalization)
-            scale = num_items_in_batch.across_processes
-        else:  # evaluation, or a direct call: normalise over this batch
-            d_ce = d_kd = None
-            if config.ce_normalization == "tokens":
-                d_ce = shifted_counts({"labels": labels, "proof_mask": proof_mask})[0]
-            scale = 1
+            d_ce, d_kd = num_items_in_batch.denominators(weight, self.proofkd.ce_normalization)
+            return Denominators(ce=d_ce, kd=d_kd, ranks=num_items_in_batch.across_processes)
+        d_ce = None
+        if self.proofkd.ce_normalization == "tokens":
+            d_ce = shifted_counts({"labels": labels, "proof_mask": proof_mask})[0]
+        return Denominators(ce=d_ce, kd=None, ranks=1)
 
+    def _teacher_targets(self, inputs) -> TeacherTargets | None:
+        """The teacher's side of the loss for this batch, or None when the KL is off (`proofkd_kd_coef: 0`)."""
+        if self.proofkd.kd_coef == 0:
+            return None
+        if self.teacher is None:
+            raise RuntimeError("ProofKDTrainer has no teacher: the plugin attaches one in post_trainer_create")
+        return self.teacher.targets(inputs["input_ids"], inputs.get("attention_mask"))
+
+    def _loss_head(self, targets, flat_labels, flat_proof, weight, denominators, stats_out):
+        """The function that replaces the student's output head: the loss from its final hidden states and weight."""
+        config = self.proofkd
         teacher_hidden = teacher_weight = teacher_topk = None
-        if config.kd_coef != 0:
-            if self.teacher is None:
-                raise RuntimeError("ProofKDTrainer has no teacher: the plugin attaches one in post_trainer_create")
-            if hasattr(self.teacher, "topk_by_position"):  # a teacher server: its top-k at each position
-                ids, logps = self.teacher.topk_by_position(
-                    inputs["input_ids"], inputs.get("attention_mask"), config.server_topk
-                )
-                k = ids.shape[-1]
-                # position j + 1 holds the teacher's distribution of the token the student predicts at j
-                teacher_topk = (ids[:, 1:].reshape(-1, k), logps[:, 1:].reshape(-1, k))
-            else:
-                teacher_hidden = self.teacher.hidden_states(inputs["input_ids"], inputs.get("attention_mask"))
-                teacher_hidden = teacher_hidden[:, :-1].reshape(-1, teacher_hidden.shape[-1])
-                teacher_weight = self.teacher.output_weight
-        flat_labels = labels[:, 1:].reshape(-1)
-        flat_proof = proof_mask[:, 1:].reshape(-1)
-        stats_out = []
+        if targets is not None:
+            teacher_hidden, teacher_weight, teacher_topk = targets.hidden, targets.weight, targets.topk
 
         def loss_head(head, hidden):
             loss, stats = proof_kd_loss(
@@ -183,25 +241,25 @@ class ProofKDTrainer(AxolotlTrainer):
                 temperature=config.temperature,
                 ce_coef=config.ce_coef,
                 kd_coef=config.kd_coef,
-                ce_denominator=d_ce,
-                kd_denominator=d_kd,
+                ce_denominator=denominators.ce,
+                kd_denominator=denominators.kd,
                 chunk_size=config.chunk_size,
                 kl_vocab=self.kl_vocab,
                 compile=config.compile_head,
                 teacher_topk=teacher_topk,
+                divergence=self.divergence,
             )
             stats_out.append(stats)
             return loss
 
-        inputs["use_cache"] = False
-        with head_replaced(model, loss_head):
-            outputs = model(**inputs)
-        loss = outputs.logits * scale
-        bucket = "train" if model.training else "eval"
-        self._proofkd_stats[bucket] = self._proofkd_stats[bucket] + stats_out[0]
-        if model.training:
+        return loss_head
+
+    def _record_stats(self, training: bool, stats: LossStats, weight: float) -> None:
+        """Add the micro-batch's loss statistics to what `log` reports next."""
+        bucket = "train" if training else "eval"
+        self._proofkd_stats[bucket] = self._proofkd_stats[bucket] + stats
+        if training:
             self._weight_used = weight
-        return (loss, {}) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Evaluation computes the loss only: the loss head never forms logits to return."""

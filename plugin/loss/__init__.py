@@ -23,13 +23,13 @@ that student and teacher share (the first min(V_s, V_t)); the CE over all of
 the student's rows.
 
 `proof_kd_loss` is the fast path (`proof_kd`, on the chunked base in
-`chunked`); `proof_kd_loss_reference` the float64 one.
+`chunked`); `proof_kd_loss_float64` the float64 one.
 """
 
 from proofkd.plugin.loss.chunked import auto_chunk_size
 from proofkd.plugin.loss.divergences import DIVERGENCES, Divergence, get_divergence
+from proofkd.plugin.loss.float64 import proof_kd_loss_float64
 from proofkd.plugin.loss.proof_kd import proof_kd_loss
-from proofkd.plugin.loss.reference import proof_kd_loss_reference
 from proofkd.plugin.loss.stats import LossStats
 
 __all__ = [
@@ -39,5 +39,5 @@ __all__ = [
     "auto_chunk_size",
     "get_divergence",
     "proof_kd_loss",
-    "proof_kd_loss_reference",
+    "proof_kd_loss_float64",
 ]

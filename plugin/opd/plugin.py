@@ -20,19 +20,19 @@ What each Axolotl hook does here:
   plugin's trainer none. Only the first: Axolotl then loads the model a
   second time as GRPO's reference (even with `beta: 0`), and that copy must
   not be the one trained, since Axolotl saves the first.
+- `pre_model_load`: refuses a teacher whose tokenizer is not the student's,
+  before the student loads (as the Stage-1 plugin does; `proofkd.plugin.base`).
 - `post_trainer_create`: loads the teacher (in process, placed per rank like
-  the Stage-1 teacher; or a client of the teacher server), checks that it
-  shares the student's tokenizer, and attaches it.
+  the Stage-1 teacher; or a client of the teacher server) through
+  `proofkd.plugin.teacher.load_teacher`, checks the vocabulary rows, and
+  attaches it.
 """
 
 from __future__ import annotations
 
 from proofkd.core.logs import get_logger
 from proofkd.plugin.base import TrainingPlugin
-from proofkd.plugin.heads import output_head
 from proofkd.plugin.opd.trainer import OPDConfig, OPDTrainer
-from proofkd.plugin.teacher import InProcessTeacher, TeacherSpec, check_compatible
-from proofkd.plugin.teacher_server import ServerTeacher
 from proofkd.plugin.trainer import JsonlLogCallback
 
 LOG = get_logger(__name__)
@@ -67,24 +67,8 @@ class OPDPlugin(TrainingPlugin):
     def post_trainer_create(self, cfg, trainer):
         if not isinstance(trainer, OPDTrainer):
             raise TypeError(f"proofkd.plugin.OPDPlugin needs its own trainer, but {type(trainer).__name__} was built")
-        trainer.attach(OPDConfig.from_cfg(cfg), self._teacher(cfg, trainer))
-
-    def _teacher(self, cfg, trainer):
-        from transformers import AutoTokenizer
-
-        if cfg.proofkd_teacher_server:
-            teacher = ServerTeacher.from_cfg(cfg)
-            LOG.info("teacher served at %s as %s", teacher.url, teacher.model)
-            return teacher
-        spec = TeacherSpec.from_cfg(cfg)
-        teacher = InProcessTeacher.load(spec, cfg, trainer.accelerator, trainer.accelerator.device)
-        check_compatible(
-            trainer.processing_class,
-            AutoTokenizer.from_pretrained(cfg.proofkd_teacher),
-            student_rows=output_head(trainer.model).weight.shape[0],
-            teacher_rows=teacher.vocab_rows,
-        )
-        return teacher
+        teacher, _ = self.teacher(cfg, trainer)  # OPD scores sampled tokens; the rows are only checked
+        trainer.attach(OPDConfig.from_cfg(cfg), teacher)
 
     def add_callbacks_post_trainer(self, cfg, trainer):
         return [JsonlLogCallback()]

@@ -25,19 +25,25 @@ from proofkd.core.logs import get_logger
 from proofkd.plugin.heads import final_hidden_states, output_head
 from proofkd.plugin.logprobs import TokenScores, overlap_mass, token_log_probs
 from proofkd.plugin.opd.losses import kl_estimate, opd_loss
+from proofkd.plugin.teacher import Teacher
 
 LOG = get_logger(__name__)
 
 
 @dataclass(frozen=True)
 class OPDConfig:
-    estimator: str = "k1"
-    clamp: float = 10.0
-    coef: float = 1.0
-    task_coef: float = 0.0
-    dual_clip: float | None = 3.0
-    topk: int = 16
-    advantage_from: str = "current"
+    """OPD's loss settings: the validated `proofkd_opd_*` keys, read by `from_cfg`.
+
+    No defaults here: each lives once, in `proofkd.plugin.args.OPDArgs`.
+    """
+
+    estimator: str
+    clamp: float
+    coef: float
+    task_coef: float
+    dual_clip: float | None
+    topk: int
+    advantage_from: str
 
     @classmethod
     def from_cfg(cls, cfg) -> OPDConfig:
@@ -76,8 +82,8 @@ class OPDTrainer(AxolotlGRPOTrainer):
     def __init__(self, model=None, reward_funcs=None, *args, **kwargs):
         model, reward_funcs, kwargs = _from_axolotl(model, reward_funcs, kwargs)
         super().__init__(model, reward_funcs, *args, **kwargs)
-        self.opd = OPDConfig()
-        self.teacher = None
+        self.opd: OPDConfig | None = None  # both set by `attach`
+        self.teacher: Teacher | None = None
         spg, ga = self.args.steps_per_generation, self.args.gradient_accumulation_steps
         self._step_normaliser = spg % ga == 0
         if not self._step_normaliser:
@@ -88,7 +94,7 @@ class OPDTrainer(AxolotlGRPOTrainer):
                 ga,
             )
 
-    def attach(self, config: OPDConfig, teacher) -> None:
+    def attach(self, config: OPDConfig, teacher: Teacher) -> None:
         self.opd, self.teacher = config, teacher
 
     # --- rollout: teacher scores and diagnostics ----------------------------------------------
@@ -162,6 +168,9 @@ class OPDTrainer(AxolotlGRPOTrainer):
         old = inputs.get("old_per_token_logps")
         old = logps.detach() if old is None else old
         if model.training:
+            # `tokens` counts the step's completion tokens on every rank. The ranks' gradients are averaged
+            # (DDP / FSDP / DeepSpeed), so dividing by tokens / ranks makes that average the gradient of the
+            # step's global token sum divided by its global token count.
             tokens = inputs.get("opd_step_tokens", inputs["num_items_in_batch"])
             normaliser = tokens.clamp(min=1.0) / self.accelerator.num_processes
         else:

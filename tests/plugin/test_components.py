@@ -113,6 +113,14 @@ def test_teacher_with_another_tokenizer_is_refused(tokenizer, smollm2):
         check_compatible(tokenizer, other, student_rows=640, teacher_rows=49152)
 
 
+def test_a_student_tokenizer_with_added_tokens_says_what_it_adds(tiny, tokenizer):
+    student = AutoTokenizer.from_pretrained(tiny["tokenizer"])
+    student.add_tokens(["<|extra_a|>", "<|extra_b|>"])
+    with pytest.raises(TeacherMismatchError, match="tokenizers differ .*the teacher's plus 2 added tokens") as info:
+        check_compatible(student, tokenizer, student_rows=640, teacher_rows=640)
+    assert "model family" not in str(info.value)
+
+
 def test_vocabulary_rows_short_of_the_tokenizer_are_refused(tokenizer):
     with pytest.raises(
         TeacherMismatchError, match="600 tokens but the student's output layer has 640 rows and the teacher's 512"

@@ -1,4 +1,4 @@
-"""Each divergence against its float64 reference: alone, inside the loss head, and with a top-k teacher."""
+"""Each divergence against its float64 form: alone, inside the loss head, and with a top-k teacher."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from proofkd.plugin.loss import DIVERGENCES, get_divergence, proof_kd_loss, proof_kd_loss_reference
+from proofkd.plugin.loss import DIVERGENCES, get_divergence, proof_kd_loss, proof_kd_loss_float64
 from tests.plugin.loss_helpers import compare, make_inputs, run, sparse_inputs, topk_of
 
 CHOICES = [
@@ -28,11 +28,11 @@ def distributions(seed, rows=7, vocab=23, scale=3.0):
 
 
 @pytest.mark.parametrize("name, params", CHOICES)
-def test_fast_function_matches_its_reference_in_value_and_gradient(seed, name, params):
+def test_fast_function_matches_its_float64_form_in_value_and_gradient(seed, name, params):
     divergence = get_divergence(name, **params)
     log_p, log_q = distributions(seed)
     grads = []
-    for fn in (divergence.per_token, divergence.reference):
+    for fn in (divergence.per_token, divergence.float64):
         x = log_p.clone().requires_grad_()
         value = fn(x, log_q)
         grads.append((value.detach(), torch.autograd.grad(value.sum(), x)[0]))
@@ -49,8 +49,8 @@ def test_the_kls_agree_with_torch_kl_div(seed):
     def kl(log_x, log_y):
         return torch.nn.functional.kl_div(log_y, log_x, reduction="none", log_target=True).sum(-1)
 
-    assert torch.allclose(get_divergence("forward_kl").reference(log_p, log_q), kl(log_q, log_p))
-    assert torch.allclose(get_divergence("reverse_kl").reference(log_p, log_q), kl(log_p, log_q))
+    assert torch.allclose(get_divergence("forward_kl").float64(log_p, log_q), kl(log_q, log_p))
+    assert torch.allclose(get_divergence("reverse_kl").float64(log_p, log_q), kl(log_p, log_q))
 
 
 @pytest.mark.parametrize("name, params", CHOICES)
@@ -58,21 +58,21 @@ def test_a_divergence_is_zero_only_between_equal_distributions(seed, name, param
     divergence = get_divergence(name, **params)
     log_p, log_q = distributions(seed)
     assert torch.allclose(
-        divergence.reference(log_p, log_p), torch.zeros(log_p.shape[0], dtype=torch.float64), atol=1e-12
+        divergence.float64(log_p, log_p), torch.zeros(log_p.shape[0], dtype=torch.float64), atol=1e-12
     )
-    assert bool((divergence.reference(log_p, log_q) > 0).all())
+    assert bool((divergence.float64(log_p, log_q) > 0).all())
 
 
 def test_known_relations_between_the_divergences(seed):
     log_p, log_q = distributions(seed)
     forward, reverse = get_divergence("forward_kl"), get_divergence("reverse_kl")
     half = get_divergence("jsd", beta=0.5)
-    assert torch.allclose(reverse.reference(log_p, log_q), forward.reference(log_q, log_p))
-    value = half.reference(log_p, log_q)
+    assert torch.allclose(reverse.float64(log_p, log_q), forward.float64(log_q, log_p))
+    value = half.float64(log_p, log_q)
     assert bool((value <= math.log(2) + 1e-12).all())
-    assert torch.allclose(value, half.reference(log_q, log_p))  # symmetric at beta = 0.5
+    assert torch.allclose(value, half.float64(log_q, log_p))  # symmetric at beta = 0.5
     log_m = (0.5 * (log_p.exp() + log_q.exp())).log()
-    assert torch.allclose(value, 0.5 * forward.reference(log_m, log_q) + 0.5 * forward.reference(log_m, log_p))
+    assert torch.allclose(value, 0.5 * forward.float64(log_m, log_q) + 0.5 * forward.float64(log_m, log_p))
 
 
 def test_jsd_ends_are_the_two_kls_as_in_gkd():
@@ -86,7 +86,7 @@ def test_jsd_ends_are_the_two_kls_as_in_gkd():
 
 @pytest.mark.parametrize("name, params", CHOICES)
 @pytest.mark.parametrize("chunk_size", [5, None])
-def test_loss_head_matches_reference_for_each_divergence(seed, name, params, chunk_size):
+def test_loss_head_matches_float64_for_each_divergence(seed, name, params, chunk_size):
     divergence = get_divergence(name, **params)
     compare(make_inputs(seed), 2.5, chunk_size=chunk_size, divergence=divergence, temperature=1.5)
 
@@ -116,5 +116,5 @@ def test_divergences_differ_from_each_other(seed):
     inputs = make_inputs(seed)
     losses = {name: run(proof_kd_loss, inputs, 2.5, divergence=get_divergence(name))[0].item() for name in DIVERGENCES}
     assert len({round(v, 6) for v in losses.values()}) == len(losses), losses
-    ref = proof_kd_loss_reference(*inputs, 2.5, divergence=get_divergence("reverse_kl"))[0].item()
+    ref = proof_kd_loss_float64(*inputs, 2.5, divergence=get_divergence("reverse_kl"))[0].item()
     assert math.isclose(losses["reverse_kl"], ref, rel_tol=1e-5)

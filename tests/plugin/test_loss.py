@@ -1,4 +1,4 @@
-"""The chunked loss head against its float64 reference: values, gradients, edge cases."""
+"""The chunked loss head against its float64 form: values, gradients, edge cases."""
 
 from __future__ import annotations
 
@@ -8,19 +8,19 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from proofkd.plugin.loss import auto_chunk_size, proof_kd_loss, proof_kd_loss_reference
+from proofkd.plugin.loss import auto_chunk_size, proof_kd_loss, proof_kd_loss_float64
 from tests.plugin.loss_helpers import assert_close, compare, make_inputs, relative_error, run, sparse_inputs, topk_of
 
 
 @pytest.mark.parametrize("chunk_size", [1, 5, 64, None])
 @pytest.mark.parametrize("proof_weight", [2.5, 1.0, 0.0])
-def test_matches_reference(seed, chunk_size, proof_weight):
+def test_matches_float64(seed, chunk_size, proof_weight):
     compare(make_inputs(seed), proof_weight, chunk_size=chunk_size)
 
 
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0, 4.0])
 @pytest.mark.parametrize("coefs", [(0.55, 0.45), (1.0, 0.0), (0.0, 1.0), (0.3, 2.0)])
-def test_matches_reference_across_temperatures_and_mixes(seed, temperature, coefs):
+def test_matches_float64_across_temperatures_and_mixes(seed, temperature, coefs):
     ce_coef, kd_coef = coefs
     compare(make_inputs(seed), 1.7, temperature=temperature, ce_coef=ce_coef, kd_coef=kd_coef, chunk_size=8)
 
@@ -46,7 +46,7 @@ def test_all_masked_batch_is_zero_and_finite(seed):
     assert loss.item() == 0.0
     assert torch.all(grad_hidden == 0) and torch.all(grad_weight == 0)
     assert stats["proof_tokens"] == 0 and stats["other_tokens"] == 0
-    ref_loss = run(proof_kd_loss_reference, inputs, 2.5)[0]
+    ref_loss = run(proof_kd_loss_float64, inputs, 2.5)[0]
     assert ref_loss.item() == 0.0
 
 
@@ -58,7 +58,7 @@ def test_extreme_logits_stay_finite_and_exact(seed):
     """
     inputs = make_inputs(seed, scale=300.0)
     fast = run(proof_kd_loss, inputs, 2.5, chunk_size=7)
-    ref = run(proof_kd_loss_reference, inputs, 2.5)
+    ref = run(proof_kd_loss_float64, inputs, 2.5)
     assert all(torch.isfinite(t).all() for t in (fast[0], fast[2], fast[3]))
     for index, name in ((0, "loss"), (2, "grad of student hidden"), (3, "grad of student weight")):
         assert relative_error(fast[index], ref[index]) < 1e-4, name
@@ -73,7 +73,7 @@ def test_teacher_with_zero_probability_tokens(seed):
     wt[:5, 1:] = 0.0
     inputs = (hs, ws, ht, wt, labels, proof)
     fast = run(proof_kd_loss, inputs, 2.5, chunk_size=5)
-    ref = run(proof_kd_loss_reference, inputs, 2.5)
+    ref = run(proof_kd_loss_float64, inputs, 2.5)
     assert torch.isfinite(fast[0]) and torch.isfinite(fast[2]).all()
     assert_close(fast[0], ref[0], 1e-5, 1e-6, "loss")
     assert_close(fast[2], ref[2], 1e-5, 1e-6, "grad of student hidden")
@@ -82,7 +82,7 @@ def test_teacher_with_zero_probability_tokens(seed):
 def test_bfloat16_inputs_stay_within_bf16_tolerance(seed):
     inputs = make_inputs(seed, n=64, h=32, ht=32, v=300, vt=300, dtype=torch.bfloat16)
     fast = run(proof_kd_loss, inputs, 2.5, chunk_size=16)
-    ref = run(proof_kd_loss_reference, inputs, 2.5)
+    ref = run(proof_kd_loss_float64, inputs, 2.5)
     assert_close(fast[0], ref[0], 2e-2, 1e-3, "loss")
     # gradients are rounded to bf16 once per chunk; compare by relative norm
     for index, name in ((2, "hidden"), (3, "weight")):
@@ -106,7 +106,7 @@ def test_micro_batches_with_step_denominators_add_up_to_the_whole_batch(seed):
 
 
 @pytest.mark.parametrize("normalisation", ["weights", "tokens"])
-def test_given_denominators_match_reference(seed, normalisation):
+def test_given_denominators_match_float64(seed, normalisation):
     inputs = make_inputs(seed)
     labels = inputs[4]
     d = (labels != -100).sum().item() + 3
@@ -133,7 +133,7 @@ def test_no_gradient_work_without_grad(seed):
     inputs = make_inputs(seed)
     with torch.no_grad():
         loss, _ = proof_kd_loss(*inputs, 2.5)
-    ref, _ = proof_kd_loss_reference(*inputs, 2.5)
+    ref, _ = proof_kd_loss_float64(*inputs, 2.5)
     assert not loss.requires_grad
     assert math.isclose(loss.item(), ref.item(), rel_tol=1e-5)
 
@@ -141,7 +141,7 @@ def test_no_gradient_work_without_grad(seed):
 def test_teacher_free_weighted_cross_entropy(seed):
     hs, ws, _, _, labels, proof = make_inputs(seed)
     fast = run(proof_kd_loss, (hs, ws, None, None, labels, proof), 2.5, ce_coef=1.0, kd_coef=0.0)
-    ref = run(proof_kd_loss_reference, (hs, ws, None, None, labels, proof), 2.5, ce_coef=1.0, kd_coef=0.0)
+    ref = run(proof_kd_loss_float64, (hs, ws, None, None, labels, proof), 2.5, ce_coef=1.0, kd_coef=0.0)
     assert_close(fast[0], ref[0], 1e-5, 1e-6, "loss")
     assert_close(fast[2], ref[2], 1e-5, 1e-6, "grad of student hidden")
 
@@ -198,7 +198,7 @@ def test_shape_errors_name_the_input(seed, bad, message):
 
 @pytest.mark.parametrize("k", [1, 5, 41])
 @pytest.mark.parametrize("chunk_size", [3, None])
-def test_topk_teacher_matches_reference(seed, k, chunk_size):
+def test_topk_teacher_matches_float64(seed, k, chunk_size):
     inputs = make_inputs(seed)
     compare(sparse_inputs(inputs), 2.5, chunk_size=chunk_size, teacher_topk=topk_of(inputs, k))
 

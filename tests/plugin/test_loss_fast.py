@@ -1,4 +1,4 @@
-"""The compiled loss head against the float64 reference, and the fast path's in-place and accumulation steps.
+"""The compiled loss head against the float64 form, and the fast path's in-place and accumulation steps.
 
 The compiled head (`compile=True`) runs the same formula as the eager one
 through `torch.compile`; on a CPU that is Inductor's C++ backend, on CUDA its
@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from proofkd.plugin.loss import chunked, proof_kd_loss, proof_kd_loss_reference
+from proofkd.plugin.loss import chunked, proof_kd_loss, proof_kd_loss_float64
 from proofkd.plugin.loss.proof_kd import stage1_chunk_loss
 from tests.plugin.loss_helpers import assert_close, make_inputs, relative_error, run
 
@@ -33,9 +33,9 @@ def on(device, inputs):
     return tuple(moved)
 
 
-def assert_compiled_matches_reference(inputs, proof_weight, rtol=1e-5, atol=1e-6, **kw):
+def assert_compiled_matches_float64(inputs, proof_weight, rtol=1e-5, atol=1e-6, **kw):
     fast = run(compiled, inputs, proof_weight, **kw)
-    ref = run(proof_kd_loss_reference, inputs, proof_weight, **{k: v for k, v in kw.items() if k != "chunk_size"})
+    ref = run(proof_kd_loss_float64, inputs, proof_weight, **{k: v for k, v in kw.items() if k != "chunk_size"})
     assert chunked._COMPILED.get(TRAINING_STEP) is not None, "compiling failed and the head fell back to eager"
     for index, what in ((0, "loss"), (2, "grad of student hidden"), (3, "grad of student weight")):
         assert torch.isfinite(fast[index]).all(), what
@@ -44,21 +44,21 @@ def assert_compiled_matches_reference(inputs, proof_weight, rtol=1e-5, atol=1e-6
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_compiled_head_matches_reference_with_ignored_tokens(seed, device):
+def test_compiled_head_matches_float64_with_ignored_tokens(seed, device):
     """A chunk size that leaves a shorter last chunk, ignored labels, and weighted proof tokens."""
     inputs = on(device, make_inputs(seed, masked=0.3, **SHAPE))
-    assert_compiled_matches_reference(inputs, 2.5, chunk_size=8)
+    assert_compiled_matches_float64(inputs, 2.5, chunk_size=8)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_compiled_head_with_a_smaller_teacher_vocabulary(seed, device):
     inputs = on(device, make_inputs(seed, **{**SHAPE, "vt": 47}))
-    assert_compiled_matches_reference(inputs, 1.5, chunk_size=8)
+    assert_compiled_matches_float64(inputs, 1.5, chunk_size=8)
 
 
 def test_compiled_head_without_teacher(seed):
     hs, ws, _, _, labels, proof = make_inputs(seed, **SHAPE)
-    assert_compiled_matches_reference((hs, ws, None, None, labels, proof), 2.5, ce_coef=1.0, kd_coef=0.0, chunk_size=8)
+    assert_compiled_matches_float64((hs, ws, None, None, labels, proof), 2.5, ce_coef=1.0, kd_coef=0.0, chunk_size=8)
 
 
 def test_compiled_head_all_masked_is_zero(seed):
@@ -78,7 +78,7 @@ def test_compiled_head_extreme_logits_and_ruled_out_tokens_stay_finite(seed, dev
     wt[:5, 1:] = 0.0
     inputs = on(device, (hs, ws, ht, wt, labels, proof))
     fast = run(compiled, inputs, 2.5, chunk_size=8)
-    ref = run(proof_kd_loss_reference, inputs, 2.5)
+    ref = run(proof_kd_loss_float64, inputs, 2.5)
     for index, name in ((0, "loss"), (2, "grad of student hidden"), (3, "grad of student weight")):
         assert torch.isfinite(fast[index]).all(), name
         assert relative_error(fast[index].cpu(), ref[index].cpu()) < 1e-4, name
@@ -88,7 +88,7 @@ def test_compiled_head_extreme_logits_and_ruled_out_tokens_stay_finite(seed, dev
 def test_compiled_head_bfloat16_within_bf16_tolerance(seed, device):
     inputs = on(device, make_inputs(seed, dtype=torch.bfloat16, **SHAPE))
     fast = run(compiled, inputs, 2.5, chunk_size=8)
-    ref = run(proof_kd_loss_reference, inputs, 2.5)
+    ref = run(proof_kd_loss_float64, inputs, 2.5)
     assert_close(fast[0].cpu(), ref[0].cpu(), 2e-2, 1e-3, "loss")
     for index, name in ((2, "hidden"), (3, "weight")):
         assert relative_error(fast[index].cpu(), ref[index].cpu()) < 2e-2, f"grad of student {name}"
@@ -109,7 +109,7 @@ def test_a_failing_compiler_falls_back_to_the_eager_head(seed, monkeypatch):
     monkeypatch.setitem(chunked._COMPILED, TRAINING_STEP, broken)
     inputs = make_inputs(seed, **SHAPE)
     fast = run(compiled, inputs, 2.5, chunk_size=8)
-    ref = run(proof_kd_loss_reference, inputs, 2.5)
+    ref = run(proof_kd_loss_float64, inputs, 2.5)
     assert chunked._COMPILED[TRAINING_STEP] is None
     assert_close(fast[0], ref[0], 1e-5, 1e-6, "loss")
     assert_close(fast[3], ref[3], 1e-5, 1e-6, "grad of student weight")
@@ -122,7 +122,7 @@ def test_backward_scales_by_the_incoming_gradient(seed):
     loss, _ = proof_kd_loss(*inputs, 2.5, chunk_size=8)
     (3.0 * loss).backward()
     grad_hidden, grad_weight = hs.grad.double(), ws.grad.double()
-    ref = run(proof_kd_loss_reference, inputs, 2.5)
+    ref = run(proof_kd_loss_float64, inputs, 2.5)
     assert_close(grad_hidden, 3.0 * ref[2], 1e-5, 1e-6, "grad of student hidden")
     assert_close(grad_weight, 3.0 * ref[3], 1e-5, 1e-6, "grad of student weight")
 

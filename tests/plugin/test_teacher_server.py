@@ -129,3 +129,20 @@ def test_topk_by_position_is_the_teachers_distribution_at_each_position(teacher_
         for j in range(1, len(where)):
             assert torch.equal(top_ids[b, where[j]], want.indices[j - 1])
             assert torch.allclose(top_lps[b, where[j]].double(), want.values[j - 1], atol=1e-5)
+
+
+def test_both_backends_give_stage1_the_same_targets(teacher_model, seed):
+    """Row i of `targets` is the teacher's distribution of the token predicted from position i, for either backend."""
+    ids, mask, _ = rollout_batch(seed, rows=3)
+    mask = torch.ones_like(mask)  # every position real, so every row of the targets has a distribution
+    rows = teacher_model.lm_head.weight.shape[0]
+    local = InProcessTeacher(teacher_model, teacher_model.lm_head.weight.detach(), torch.device("cpu"))
+    full = local.targets(ids, mask)
+    assert full.topk is None and full.hidden.shape == (3 * (ids.shape[1] - 1), teacher_model.config.hidden_size)
+    with FakeVLLM(teacher_model) as server:
+        served = ServerTeacher(server.url, MODEL_NAME, retries=1, topk=rows).targets(ids, mask)
+    assert served.hidden is None and served.topk_ids.shape == (3 * (ids.shape[1] - 1), rows)
+    assert local.vocab_rows == rows and ServerTeacher(server.url, MODEL_NAME).vocab_rows is None
+    want = torch.log_softmax((full.hidden @ full.weight.T).double(), -1)
+    got = torch.full_like(want, -float("inf")).scatter(1, served.topk_ids, served.topk_logps.double())
+    assert torch.allclose(got, want, atol=1e-4)

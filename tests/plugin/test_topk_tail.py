@@ -1,4 +1,4 @@
-"""A top-k teacher with a tail bucket: k + 1 outcomes per token, held to the float64 reference."""
+"""A top-k teacher with a tail bucket: k + 1 outcomes per token, held to the float64 form."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import math
 import pytest
 import torch
 
-from proofkd.plugin.loss import get_divergence, proof_kd_loss, proof_kd_loss_reference
+from proofkd.plugin.loss import get_divergence, proof_kd_loss, proof_kd_loss_float64
 from tests.plugin.loss_helpers import compare, make_inputs, run, sparse_inputs, topk_of
 
 
 @pytest.mark.parametrize("k", [1, 5, 20])
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
-def test_bucket_matches_reference(seed, k, temperature):
+def test_bucket_matches_float64(seed, k, temperature):
     inputs = make_inputs(seed)
     compare(
         sparse_inputs(inputs),
@@ -25,7 +25,7 @@ def test_bucket_matches_reference(seed, k, temperature):
     )
 
 
-def test_bucket_with_unused_slots_and_jsd_matches_reference(seed):
+def test_bucket_with_unused_slots_and_jsd_matches_float64(seed):
     inputs = make_inputs(seed)
     ids, logps = topk_of(inputs, 8)
     logps[:, 5:] = -torch.inf  # the server answered fewer than k entries
@@ -53,18 +53,19 @@ def test_a_full_topk_with_a_bucket_is_the_whole_teacher(seed):
 def test_at_t1_the_bucket_kl_bounds_the_full_kl_from_below_and_renormalising_does_not(seed):
     """Merging outcomes can only lose information (the data-processing inequality); renormalising can overshoot."""
     inputs = make_inputs(seed, masked=0.0)
-    full = proof_kd_loss_reference(*inputs, 1.0, temperature=1.0)[1]["kl"]
-    bucket = proof_kd_loss_reference(
+    full = proof_kd_loss_float64(*inputs, 1.0, temperature=1.0)[1]["kl"]
+    bucket = proof_kd_loss_float64(
         *sparse_inputs(inputs), 1.0, temperature=1.0, teacher_topk=topk_of(inputs, 3), topk_tail="bucket"
     )[1]["kl"]
     assert bucket <= full + 1e-9
     ks = [
-        proof_kd_loss_reference(
+        proof_kd_loss_float64(
             *sparse_inputs(inputs), 1.0, temperature=1.0, teacher_topk=topk_of(inputs, k), topk_tail="bucket"
         )[1]["kl"]
         for k in (1, 3, 10, 41)
     ]
-    assert ks == sorted(ks) and math.isclose(ks[-1], full, rel_tol=1e-9)
+    # the top-k log-probs arrive in float32, as from a server: the whole vocabulary matches to that precision
+    assert ks == sorted(ks) and math.isclose(ks[-1], full, rel_tol=1e-6)
 
 
 def test_the_teacher_tail_mass_is_summed_and_logged(seed):

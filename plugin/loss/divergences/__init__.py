@@ -3,7 +3,7 @@
 A divergence is a `Divergence` (see `base`): a per-token function of the two
 log-distributions at temperature T, written for the chunked loss head (float32,
 differentiable, no in-place updates, so `torch.compile` can fuse it), and its
-float64 reference written plainly on log-probabilities, which the tests hold the
+float64 form written plainly on log-probabilities, which the tests hold the
 fast function to, gradients included. Adding one is a new file here and one
 line in `DIVERGENCES`.
 """

@@ -21,7 +21,7 @@ class Divergence:
     in-place updates): the head differentiates it with `torch.func` and may
     compile it.
 
-    `reference(log_p, log_q)` is the same divergence in float64, written as
+    `float64(log_p, log_q)` is the same divergence in float64, written as
     the textbook formula on log-probabilities (-inf allowed: 0 log 0 = 0),
     so that logits in the thousands stay exact; nothing in training calls it.
 
@@ -32,12 +32,12 @@ class Divergence:
 
     name: str
     per_token: PerToken
-    reference: PerToken
+    float64: PerToken
     finite_on_topk: bool = True
 
 
 def expected_log_ratio(log_x: torch.Tensor, log_y: torch.Tensor) -> torch.Tensor:
-    """KL(x || y) = sum_j x_j (log x_j - log y_j) over the last axis, with 0 log 0 = 0 (for the float64 references)."""
+    """KL(x || y) = sum_j x_j (log x_j - log y_j) over the last axis, with 0 log 0 = 0 (for the float64 form)."""
     x = log_x.exp()
     # where() passes gradients through both branches: keep the masked one finite so 0 * inf gives no NaN.
     support = x > 0

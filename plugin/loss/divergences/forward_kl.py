@@ -11,9 +11,9 @@ def per_token(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     return (log_q.exp() * (log_q - log_p)).sum(-1)
 
 
-def reference(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+def float64(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     return expected_log_ratio(log_q, log_p)
 
 
 def make(**_params: float) -> Divergence:
-    return Divergence("forward_kl", per_token, reference)
+    return Divergence("forward_kl", per_token, float64)

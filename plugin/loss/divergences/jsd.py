@@ -26,7 +26,7 @@ def per_token(log_p: torch.Tensor, log_q: torch.Tensor, *, beta: float) -> torch
     return beta * to_teacher + (1.0 - beta) * to_student
 
 
-def reference(log_p: torch.Tensor, log_q: torch.Tensor, *, beta: float) -> torch.Tensor:
+def float64(log_p: torch.Tensor, log_q: torch.Tensor, *, beta: float) -> torch.Tensor:
     log_m = (beta * log_q.exp() + (1.0 - beta) * log_p.exp()).log()
     return beta * expected_log_ratio(log_q, log_m) + (1.0 - beta) * expected_log_ratio(log_p, log_m)
 
@@ -38,4 +38,4 @@ def make(*, beta: float = 0.5, **_params: float) -> Divergence:
         return forward_kl.make()
     if beta == 1.0:
         return reverse_kl.make()
-    return Divergence(f"jsd(beta={beta:g})", partial(per_token, beta=beta), partial(reference, beta=beta))
+    return Divergence(f"jsd(beta={beta:g})", partial(per_token, beta=beta), partial(float64, beta=beta))

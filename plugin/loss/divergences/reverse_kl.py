@@ -15,9 +15,9 @@ def per_token(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     return (log_p.exp() * (log_p - log_q)).sum(-1)
 
 
-def reference(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+def float64(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     return expected_log_ratio(log_p, log_q)
 
 
 def make(**_params: float) -> Divergence:
-    return Divergence("reverse_kl", per_token, reference, finite_on_topk=False)
+    return Divergence("reverse_kl", per_token, float64, finite_on_topk=False)

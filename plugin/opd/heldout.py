@@ -7,7 +7,9 @@ end-of-sequence token); along
 it, at every completion position, the exact KL(student || teacher) over the
 whole vocabulary is computed in float64 from both models' logits, and the
 mean over tokens is reported, with the mean k1 of the sampled tokens (its
-unbiased one-sample estimate) and the DAPO reward of the completions.
+unbiased one-sample estimate) and the DAPO reward of the completions. The
+vocabulary is the rows both models have, as in training
+(`proofkd.plugin.teacher.shared_vocab_rows`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import torch
 from tqdm.auto import tqdm
 
 from proofkd.core.rewards import dapo_reward
+from proofkd.plugin.heads import output_head
+from proofkd.plugin.teacher import shared_vocab_rows
 
 
 @torch.no_grad()
@@ -35,6 +39,9 @@ def reverse_kl_on_prompts(
     """Mean exact reverse KL per completion token, mean k1, mean length and reward, over `rows` ({prompt, answer})."""
     student.eval()
     teacher.eval()
+    vocab = shared_vocab_rows(
+        len(tokenizer), output_head(student).weight.shape[0], output_head(teacher).weight.shape[0]
+    )
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -70,8 +77,8 @@ def reverse_kl_on_prompts(
             after_end = (ended.long().cumsum(-1) - ended.long()) > 0
             on = ~after_end
             mask = torch.cat([prompt["attention_mask"], on.long()], dim=1)
-            log_s = torch.log_softmax(student(out, attention_mask=mask).logits[:, start - 1 : -1].double(), -1)
-            log_t = torch.log_softmax(teacher(out, attention_mask=mask).logits[:, start - 1 : -1].double(), -1)
+            log_s = torch.log_softmax(student(out, attention_mask=mask).logits[:, start - 1 : -1, :vocab].double(), -1)
+            log_t = torch.log_softmax(teacher(out, attention_mask=mask).logits[:, start - 1 : -1, :vocab].double(), -1)
             kl = (log_s.exp() * (log_s - log_t)).sum(-1)
             picked = completion[..., None]
             k1 = (log_s.gather(-1, picked) - log_t.gather(-1, picked)).squeeze(-1)

@@ -1,4 +1,4 @@
-"""Float64 reference of OPD's estimators and loss, written token by token from the definitions.
+"""The float64 form of OPD's estimators and loss, written token by token from the definitions.
 
 The tests hold `proofkd.plugin.opd.losses` to these on fresh random inputs,
 values and gradients both.
@@ -11,7 +11,7 @@ import math
 import torch
 
 
-def kl_estimate_reference(s: float, q: float, estimator: str, clamp: float) -> float:
+def kl_estimate_float64(s: float, q: float, estimator: str, clamp: float) -> float:
     d = s - q
     if estimator == "k1":
         value = d
@@ -23,7 +23,7 @@ def kl_estimate_reference(s: float, q: float, estimator: str, clamp: float) -> f
     return max(-clamp, min(clamp, value))
 
 
-def token_loss_reference(logp, old_logp: float, advantage: float, eps_low, eps_high, dual_clip):
+def token_loss_float64(logp, old_logp: float, advantage: float, eps_low, eps_high, dual_clip):
     """One token's clipped surrogate; `logp` is a float64 tensor so the gradient can be taken."""
     log_ratio = (logp - old_logp).clamp(-20.0, 20.0)
     ratio = torch.exp(log_ratio)
@@ -34,7 +34,7 @@ def token_loss_reference(logp, old_logp: float, advantage: float, eps_low, eps_h
     return surrogate
 
 
-def opd_loss_reference(
+def opd_loss_float64(
     logps: torch.Tensor,
     old_logps: torch.Tensor,
     teacher_logps: torch.Tensor,
@@ -62,9 +62,9 @@ def opd_loss_reference(
             s_value = float(s.detach())
             old = float(old_logps[b, t])
             judged = s_value if advantage_from == "current" else old
-            advantage = -kl_estimate_reference(judged, float(teacher_logps[b, t]), estimator, clamp)
-            total = total + coef * token_loss_reference(s, old, advantage, eps_low, eps_high, dual_clip)
+            advantage = -kl_estimate_float64(judged, float(teacher_logps[b, t]), estimator, clamp)
+            total = total + coef * token_loss_float64(s, old, advantage, eps_low, eps_high, dual_clip)
             if task_coef and task_advantages is not None:
                 task = float(task_advantages[b])
-                total = total + task_coef * token_loss_reference(s, old, task, eps_low, eps_high, dual_clip)
+                total = total + task_coef * token_loss_float64(s, old, task, eps_low, eps_high, dual_clip)
     return total / normalizer

@@ -1,4 +1,4 @@
-"""Float64 reference of the proof-weighted KD loss: the formula, written plainly.
+"""The float64 form of the proof-weighted KD loss: the formula, written plainly.
 
 It materialises full-vocabulary logits and lets autograd take the gradient;
 the tests hold the chunked fast path (`proofkd.plugin.loss.chunked`) to it.
@@ -14,7 +14,7 @@ from proofkd.plugin.loss.proof_kd import tail_floor
 from proofkd.plugin.loss.stats import LossStats
 
 
-def proof_kd_loss_reference(
+def proof_kd_loss_float64(
     student_hidden: torch.Tensor,
     student_weight: torch.Tensor,
     teacher_hidden: torch.Tensor | None,
@@ -34,7 +34,7 @@ def proof_kd_loss_reference(
     topk_tail: str = "renormalize",
     divergence: Divergence | None = None,
 ) -> tuple[torch.Tensor, LossStats]:
-    """Same contract as `proof_kd_loss`, computed in float64 without chunking; the divergence by its reference."""
+    """Same contract as `proof_kd_loss`, computed in float64 without chunking; the divergence by its float64 form."""
     valid = labels != ignore_index
     proof = (proof_mask != 0) & valid
     safe_labels = torch.where(valid, labels, torch.zeros_like(labels))
@@ -51,7 +51,7 @@ def proof_kd_loss_reference(
     tail = torch.zeros_like(ce)
     if kd_coef != 0 and teacher_topk is not None and topk_tail == "bucket":
         log_p_t, log_q_t, tail = _bucket_distributions(log_p.exp(), teacher_topk, temperature)
-        kl = divergence.reference(log_p_t, log_q_t)
+        kl = divergence.float64(log_p_t, log_q_t)
     elif kd_coef != 0:
         if teacher_topk is not None:
             vocab = kl_vocab or student_weight.shape[0]
@@ -64,7 +64,7 @@ def proof_kd_loss_reference(
             teacher_logits = teacher_hidden.double() @ teacher_weight.double().T
         log_q_t = torch.log_softmax(teacher_logits[:, :vocab] / temperature, dim=-1)
         log_p_t = torch.log_softmax(student_logits[:, :vocab] / temperature, dim=-1)
-        kl = divergence.reference(log_p_t, log_q_t)
+        kl = divergence.float64(log_p_t, log_q_t)
     else:
         kl = torch.zeros_like(ce)
     kl = torch.where(valid, kl, torch.zeros_like(kl))
