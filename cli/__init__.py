@@ -9,6 +9,7 @@
     proofkd export CKPT           convert to GGUF, quantise and verify, without publishing
     proofkd publish CKPT --repo   export, verify, write the model card and upload to the Hub
     proofkd resolve REF           materialise a proofkd: reference and print its path
+    proofkd plan RECIPE --gpu G   memory plan of a recipe per GPU, and which teacher placements fit
     proofkd eval --model N=SPEC   evaluate models side by side on lm-eval tasks, with a report
 
 Each subcommand imports its wing only when it runs, so `proofkd --help` is instant.
@@ -51,6 +52,17 @@ def _data_build(args: argparse.Namespace) -> int:
     except (FileNotFoundError, SourceError, ValueError) as error:
         print(f"proofkd data build: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # writing the output: no space, no permission, a path that went away
+        where = f" {error.filename}" if error.filename else ""
+        print(
+            f"proofkd data build: could not write{where}: {error.strerror or error}; nothing was written. "
+            "Free space or fix the permissions, or pass another --out",
+            file=sys.stderr,
+        )
+        return 2
+    except KeyboardInterrupt:
+        print(f"proofkd data build: interrupted; nothing was written, {args.out} is as it was", file=sys.stderr)
+        return 130
     print(report.to_markdown())
     print(f"wrote {report.output}/train.jsonl ({report.train_rows} rows) and eval.jsonl ({report.eval_rows} rows)")
     return 0
@@ -59,10 +71,16 @@ def _data_build(args: argparse.Namespace) -> int:
 def _data_list(args: argparse.Namespace) -> int:
     from proofkd.core.data.manifest import known_manifests, load_manifest
 
+    failed = 0
     for name in known_manifests():
-        manifest = load_manifest(name)
+        try:
+            manifest = load_manifest(name)
+        except ValueError as error:  # a shipped manifest edited in place: list the rest, name this one
+            print(f"proofkd data list: {error}", file=sys.stderr)
+            failed += 1
+            continue
         print(f"{name:12s} {manifest.format:7s} {len(manifest.sources):2d} sources  {manifest.description}")
-    return 0
+    return 2 if failed else 0
 
 
 def _recipes_list(args: argparse.Namespace) -> int:
@@ -151,6 +169,17 @@ def _resolve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from proofkd.plugin.plan import PlanError, plan
+
+    try:
+        print(plan(args.recipe, args.gpu, args.gpus).to_markdown())
+    except PlanError as error:
+        print(f"proofkd plan: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="proofkd", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"proofkd {version('proofkd')}")
@@ -225,6 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     resolve = commands.add_parser("resolve", help="materialise a proofkd: reference and print its path")
     resolve.add_argument("reference", help="e.g. proofkd:smollm2-135m-instruct?layers=10")
     resolve.set_defaults(func=_resolve)
+    plan = commands.add_parser("plan", help="memory plan of a recipe per GPU, and which teacher placements fit")
+    plan.add_argument("recipe", help="a recipe file or a shipped recipe's name (stage1_kd, opd, ...)")
+    plan.add_argument("--gpu", required=True, choices=["h100-80gb", "h200-141gb"], help="the GPU kind")
+    plan.add_argument("--gpus", type=int, default=1, help="GPUs available (2 allows the teacher on a second one)")
+    plan.set_defaults(func=_plan)
     evaluate.add_parser(commands)
     return parser
 

