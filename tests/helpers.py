@@ -102,6 +102,25 @@ def make_model(
     return path
 
 
+def make_tiny_qwen3(root: Path, *, seed: int = 5) -> Path:
+    """A one-layer Qwen3 at hidden 256 with a Qwen2-style tokenizer: the smallest model every export step takes."""
+    from proofkd.export.tokenizer import QWEN2_SPLIT
+
+    make_tokenizer(root / "tok", split_pattern=QWEN2_SPLIT)
+    return make_model(
+        root / "model",
+        root / "tok",
+        hidden=256,
+        layers=1,
+        seed=seed,
+        arch="qwen3",
+        heads=2,
+        kv_heads=1,
+        head_dim=128,
+        intermediate=512,
+    )
+
+
 def pretrain(model_dir: Path, rows: list[dict], *, steps: int = 60, lr: float = 3e-3, seed: int = 0) -> Path:
     """A few plain next-token steps on Stage-1 rows, so a tiny teacher has something to teach."""
     import torch

@@ -10,6 +10,11 @@ fraction, and writes `<out>/<name>/train.jsonl`, `eval.jsonl`, the manifest it
 used and a report (`report.md`, `report.json`). The folder is written under a
 temporary name and moved into place only when complete.
 
+What can be checked before the work is checked first: the destination
+(`check_destination`), every local copy (`local_copies`), and the tokenizer a
+`max_tokens` filter needs. A bad local file is reported with its path, line and
+the fix (`proofkd.core.data.inputs`); docs/errors.md lists every case.
+
 The report gives per-source row counts against the model card, the rows each
 filter dropped, token-length statistics under the recipe's tokenizer, and an
 analysis of every candidate filter on its own and in combination, marking the
@@ -22,15 +27,19 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
+import os
 import statistics
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from proofkd.core.data.manifest import FilterSpec, Manifest, Source
+from proofkd.core.data.inputs import column_problem, diagnose_json, precheck_json
+from proofkd.core.data.manifest import FORMAT_COLUMNS, FilterSpec, Manifest, Source
 from proofkd.core.io import atomic_path
 from proofkd.core.logs import get_logger
 from proofkd.core.templates import render_stage1, render_stage2
@@ -39,10 +48,19 @@ from proofkd.core.tokenize import stage2_instruction
 LOG = get_logger(__name__)
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
+OUTPUT_FILES = ("train.jsonl", "eval.jsonl", "manifest.yml", "report.md", "report.json")
 
 
 class SourceError(ValueError):
     """A source that cannot be loaded, or lacks the columns its format needs."""
+
+
+class OutputError(ValueError):
+    """A destination the build cannot write to (a file in the way, no permission)."""
+
+
+class FilterError(ValueError):
+    """The filters leave nothing, or too little, to write."""
 
 
 @dataclass
@@ -188,38 +206,112 @@ def _local_copy(root: Path, source: Source) -> Path | None:
     return base if base.is_dir() else None
 
 
-def load_source(source: Source, columns: tuple[str, ...], source_root: Path | None = None):
-    """The source as a `datasets.Dataset`, or a `SourceError` that names it and what to do."""
+def local_copies(manifest: Manifest, source_root: Path) -> dict[str, Path]:
+    """Every source's local copy under `source_root`, or one `SourceError` naming all that are missing."""
+    if not source_root.is_dir():
+        what = "is a file, not a folder" if source_root.exists() else "does not exist"
+        raise SourceError(f"--source-root {source_root} {what}: pass the folder that holds the local copies")
+    found, missing = {}, []
+    for source in manifest.sources:
+        local = _local_copy(source_root, source)
+        if local is None:
+            missing.append(source.id)
+        else:
+            found[source.id] = local
+    if missing:
+        looked = ", ".join(f"{source_root / m}{{{','.join(LOCAL_SUFFIXES)}}}" for m in missing)
+        raise SourceError(
+            f"{', '.join(missing)}: no local copy under {source_root} (looked for {looked} and a folder of the "
+            f"same name). Copy the file there under that name, or remove the source from the manifest"
+        )
+    return found
+
+
+@contextmanager
+def _quiet_datasets():
+    """Hold back `datasets`' own error log while it loads a local file: the failure is reported once, by us."""
+    logger = logging.getLogger("datasets")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _local_problem(local: Path, columns: tuple[str, ...]) -> str | None:
+    return diagnose_json(local, columns) if local.is_file() and local.suffix in (".json", ".jsonl") else None
+
+
+def load_source(
+    source: Source, columns: tuple[str, ...], source_root: Path | None = None, *, local: Path | None = None
+):
+    """The source as a `datasets.Dataset`, or a `SourceError` that names it, what is wrong and what to do."""
     from datasets import load_dataset
 
+    if source_root is not None and local is None:
+        local = _local_copy(source_root, source)
+        if local is None:
+            raise SourceError(
+                f"{source.id}: no local copy under {source_root} "
+                f"(looked for {source.id}{{{','.join(LOCAL_SUFFIXES)}}} and a folder {source.id}/)"
+            )
+    where = f"{source.id}: the local {'folder' if local is not None and local.is_dir() else 'file'} {local}"
     try:
-        if source_root is not None:
-            local = _local_copy(source_root, source)
-            if local is None:
-                raise SourceError(
-                    f"{source.id}: no local copy under {source_root} "
-                    f"(looked for {source.id}{{{','.join(LOCAL_SUFFIXES)}}} and a folder {source.id}/)"
-                )
-            if local.is_dir():
-                dataset = load_dataset(str(local), split=source.split)
-            else:
-                kind = "parquet" if local.suffix == ".parquet" else "json"
-                dataset = load_dataset(kind, data_files=str(local), split="train")
-        else:
+        if local is None:
             dataset = load_dataset(source.id, source.config, split=source.split)
+        elif local.is_dir():
+            with _quiet_datasets():
+                dataset = load_dataset(str(local), split=source.split)
+        else:
+            kind = "parquet" if local.suffix == ".parquet" else "json"
+            problem = precheck_json(local, columns) if kind == "json" else None
+            if problem:
+                raise SourceError(f"{where} {problem}")
+            with _quiet_datasets():
+                dataset = load_dataset(kind, data_files=str(local), split="train")
     except SourceError:
         raise
-    except Exception as error:  # datasets raises many kinds for a missing or unreachable source
-        raise SourceError(
-            f"{source.id}: could not be loaded ({type(error).__name__}: {error}). Check the id and split "
-            f"({source.split!r}) on the Hub, or pass --source-root with a local copy named {source.id}.jsonl"
-        ) from error
+    except Exception as error:  # datasets raises many kinds for a missing, unreachable or malformed source
+        if local is None:
+            raise SourceError(
+                f"{source.id}: could not be loaded ({type(error).__name__}: {error}). Check the id and split "
+                f"({source.split!r}) on the Hub, or pass --source-root with a local copy named {source.id}.jsonl"
+            ) from error
+        problem = _local_problem(local, columns)
+        if problem is None:
+            kind = "Parquet" if local.suffix == ".parquet" else "a dataset" if local.is_dir() else "JSON Lines"
+            problem = (
+                f"could not be read as {kind} ({type(error).__name__}: {_cause(error)}). "
+                "Check that it is complete and in that format, or copy it again"
+            )
+        raise SourceError(f"{where} {problem}") from error
+    label = source.id if local is None else where
     missing = [c for c in columns if c not in dataset.column_names]
     if missing:
+        if len(dataset) == 0 and not dataset.column_names:
+            raise SourceError(f"{label} is empty (no rows). Give it rows with the columns {list(columns)}")
         raise SourceError(
-            f"{source.id}: expected the columns {list(columns)}, but it has {dataset.column_names} (missing {missing})"
+            f"{label}: expected the columns {list(columns)}, but it has {dataset.column_names} (missing {missing}). "
+            "Rename the columns in the data, or use a manifest whose format matches them "
+            f"(format: stage1 needs {list(FORMAT_COLUMNS['stage1'])}, stage2 {list(FORMAT_COLUMNS['stage2'])}, "
+            f"dapo {list(FORMAT_COLUMNS['dapo'])})"
         )
+    for column in columns:
+        problem = column_problem(column, dataset.features[column])
+        if problem:
+            precise = _local_problem(local, columns) if local is not None else None
+            raise SourceError(f"{label} {precise}" if precise else f"{label}: {problem}")
+    if len(dataset) == 0:
+        raise SourceError(f"{label} is empty (no rows). Give it rows with the columns {list(columns)}")
     return dataset
+
+
+def _cause(error: BaseException) -> str:
+    """The innermost message of a chained error (datasets wraps the useful one)."""
+    while error.__cause__ is not None or (error.__context__ is not None and not error.__suppress_context__):
+        error = error.__cause__ or error.__context__
+    return str(error) or type(error).__name__
 
 
 # --- filters ----------------------------------------------------------------------------
@@ -308,6 +400,44 @@ def _load_tokenizer(name: str | None):
         return None, f"tokenizer {name!r} could not be loaded ({type(error).__name__}); pass --tokenizer"
 
 
+def check_destination(out_root: str | Path, name: str) -> Path:
+    """`<out_root>/<name>`, once it is certain the build can be moved there; else an `OutputError` saying why.
+
+    Checked before any source is loaded, so a wrong `--out` costs nothing.
+    """
+    final = Path(out_root) / name
+    if final.exists() and not final.is_dir():
+        raise OutputError(
+            f"--out {out_root}: {final} is a file, not a folder, and the build would replace it. "
+            "Move or delete it, or pass another --out"
+        )
+    for parent in final.parents:
+        if parent.is_dir():
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise OutputError(
+                    f"--out {out_root}: the folder {parent} is not writable by this user. "
+                    "Pass an --out you can write to, or change its permissions"
+                )
+            return final
+        if parent.exists() or parent.is_symlink():
+            raise OutputError(
+                f"--out {out_root}: {parent} is a file, not a folder, so nothing can be written under it. "
+                "Pass another --out, or move that file away"
+            )
+    return final
+
+
+def _all_dropped(manifest: Manifest, merged: int, dropped: list[tuple[str, int]]) -> FilterError:
+    by = ", ".join(f"{label} dropped {n:,}" for label, n in dropped)
+    worst = max(dropped, key=lambda d: d[1])[0] if dropped else None
+    fix = f"Remove or loosen the filter {worst!r} in the manifest's filters"
+    if worst and worst.startswith("max_tokens"):
+        fix += f" (raise the limit: every row is longer than {worst.split()[1]} tokens)"
+    return FilterError(
+        f"{manifest.name}: the filters dropped every row of {merged:,}: {by}; nothing was written. {fix}"
+    )
+
+
 def build(
     manifest: Manifest,
     out_root: str | Path = "data",
@@ -320,21 +450,43 @@ def build(
     """Build `manifest` into `<out_root>/<name>/` and return the report (also written there).
 
     `tokenizer` overrides the manifest's; `count_tokens=False` skips token counting
-    (and the max_tokens candidate) altogether.
+    (and the max_tokens candidate) altogether. Everything that can be checked
+    before the work (the destination, the local copies, the tokenizer a
+    max_tokens filter needs) is checked first; nothing is written unless the
+    whole build succeeds.
     """
     from datasets import Dataset
     from tqdm.auto import tqdm
 
+    if not manifest.sources:
+        raise SourceError(f"{manifest.name}: the manifest lists no sources, so there is nothing to build")
+    final = check_destination(out_root, manifest.name)
     root = Path(source_root) if source_root is not None else None
+    locals_ = local_copies(manifest, root) if root is not None else {}
+    needs_tokens = any(f.name == "max_tokens" for f in manifest.filters)
+    if not count_tokens:
+        tok, token_note = None, "not asked for"
+    else:
+        tok, token_note = _load_tokenizer(tokenizer or manifest.tokenizer)
+        if tok is None and tokenizer:
+            raise ValueError(
+                f"tokenizer {tokenizer!r} could not be loaded: pass --tokenizer a Hub id or a local folder "
+                "with the tokenizer's files, or --no-tokens"
+            )
+    if tok is None and needs_tokens:
+        reason = "token counting was turned off (--no-tokens)" if not count_tokens else token_note
+        raise ValueError(
+            f"{manifest.name}: the max_tokens filter needs a tokenizer: pass --tokenizer (a name or a local path), "
+            f"or remove the filter from the manifest; here {reason}"
+        )
+
     rows: list[dict] = []
     counts: list[SourceCount] = []
     for source in tqdm(manifest.sources, desc="loading sources", disable=not progress, leave=False):
-        dataset = load_source(source, manifest.columns, root)
+        dataset = load_source(source, manifest.columns, root, local=locals_.get(source.id))
         counts.append(SourceCount(source.id, source.verified, source.card_count, len(dataset)))
         rows.extend(_output_row(manifest.format, r, source.id) for r in dataset.select_columns(list(manifest.columns)))
         LOG.debug("%s: %d rows", source.id, len(dataset))
-
-    tok, token_note = _load_tokenizer(tokenizer or manifest.tokenizer) if count_tokens else (None, "not asked for")
     lengths = _token_lengths(tok, manifest.format, rows, progress) if tok is not None else None
 
     masks = {
@@ -358,7 +510,14 @@ def build(
 
     kept_rows = [r for r, k in zip(rows, keep, strict=True) if k]
     if not kept_rows:
-        raise ValueError(f"{manifest.name}: the filters dropped every row; nothing to write")
+        raise _all_dropped(manifest, len(rows), dropped)
+    n_eval = math.ceil(manifest.eval_fraction * len(kept_rows))
+    if manifest.eval_fraction > 0 and n_eval >= len(kept_rows):
+        raise FilterError(
+            f"{manifest.name}: only {len(kept_rows)} row(s) kept, and eval_fraction {manifest.eval_fraction} "
+            "would hold out all of them, leaving nothing to train on. Add rows, or lower eval_fraction "
+            "(0 holds out nothing)"
+        )
     dataset = Dataset.from_list(kept_rows)
     if manifest.eval_fraction > 0:
         split = dataset.train_test_split(test_size=manifest.eval_fraction, seed=manifest.shuffle_seed)
@@ -383,12 +542,13 @@ def build(
         token_note=token_note,
         notes=list(manifest.notes),
     )
-    final = Path(out_root) / manifest.name
     with atomic_path(final) as tmp:
         tmp.mkdir(parents=True)
         _write_jsonl(tmp / "train.jsonl", train)
         _write_jsonl(tmp / "eval.jsonl", evaluation)
-        (tmp / "manifest.yml").write_text(yaml.safe_dump(manifest.model_dump(mode="json"), sort_keys=False))
+        (tmp / "manifest.yml").write_text(
+            yaml.safe_dump(manifest.model_dump(mode="json"), sort_keys=False, allow_unicode=True), encoding="utf-8"
+        )
         (tmp / "report.md").write_text(report.to_markdown(), encoding="utf-8")
         (tmp / "report.json").write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")
     report.output = str(final)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 MANIFEST_DIR = Path(__file__).parent / "manifests"
 
@@ -109,7 +109,60 @@ def load_manifest(name_or_path: str | Path) -> Manifest:
             raise FileNotFoundError(
                 f"no manifest named {name_or_path!r}; known: {', '.join(known_manifests())}, or pass a path to a .yml"
             )
+    elif path.is_dir():
+        raise FileNotFoundError(f"manifest {path} is a folder: pass a manifest .yml file, or a recipe name")
     elif not path.is_file():
         raise FileNotFoundError(f"manifest file {path} does not exist")
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    return Manifest.model_validate(data)
+    return _parse(path)
+
+
+def _brief(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class ManifestError(ValueError):
+    """A manifest file that is not valid YAML, or not a valid manifest; the message names the file and the place."""
+
+
+def _parse(path: Path) -> Manifest:
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        raise ManifestError(
+            f"manifest {path} is not UTF-8: line {line} has the byte 0x{raw[error.start]:02x}; re-encode it as UTF-8"
+        ) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+
+        def at(mark) -> str:
+            return f"line {mark.line + 1}, column {mark.column + 1}"
+
+        mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+        where = at(mark) if mark is not None else "an unknown place"
+        context, opened = getattr(error, "context", None), getattr(error, "context_mark", None)
+        if context and opened is not None and opened is not mark:
+            context += f" (opened at {at(opened)})"
+        problem = " ".join(str(p) for p in (context, getattr(error, "problem", None)) if p)
+        raise ManifestError(
+            f"manifest {path} is not valid YAML at {where}: {problem or error}. Fix it there "
+            "(each key as `key: value`, list items as `- item`, indented with spaces, quotes closed)"
+        ) from None
+    if not isinstance(data, dict):
+        what = "empty" if data is None else f"a YAML {type(data).__name__}, not a mapping of keys"
+        raise ManifestError(
+            f"manifest {path} is {what}: it needs at least `name:`, `format:` (stage1, stage2 or dapo) and "
+            "`sources:` (see the shipped ones with `proofkd data list`)"
+        )
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in e['loc']) or '(top level)'}: {e['msg']}"
+            + (f" (got {_brief(e['input'])})" if e["type"] != "missing" and not isinstance(e["input"], dict) else "")
+            for e in error.errors()
+        )
+        raise ManifestError(f"manifest {path} is not a valid manifest: {problems}") from None
