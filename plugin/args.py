@@ -60,8 +60,14 @@ class TeacherArgs(BaseModel):
     proofkd_teacher_server_topk: int = Field(
         default=20,
         gt=0,
-        description="Stage 1 with a teacher server: the KL runs over the teacher's top-k tokens at each position, "
-        "renormalised (vLLM serves up to its --max-logprobs, 20 by default).",
+        description="Stage 1 with a teacher server: the KL runs over the teacher's top-k tokens at each position "
+        "(vLLM serves up to its --max-logprobs, 20 by default); see proofkd_teacher_server_topk_tail.",
+    )
+    proofkd_teacher_server_topk_tail: Literal["renormalize", "bucket"] = Field(
+        default="bucket",
+        description="Stage 1 with a teacher server: what the KL does with the mass outside the teacher's top-k. "
+        "'bucket' adds one outcome holding each side's remaining mass (much closer to the full KL; "
+        "bench/topk_kl.py); 'renormalize' rescales the top-k to sum to 1.",
     )
 
     @field_validator("proofkd_teacher_device")

@@ -56,6 +56,10 @@ class TeacherMismatchError(ValueError):
     """Teacher and student cannot be distilled into one another as configured."""
 
 
+class TeacherOutputError(RuntimeError):
+    """The teacher gave NaN or inf where the loss would read it."""
+
+
 @dataclass(frozen=True)
 class TeacherTargets:
     """The teacher's side of the Stage-1 loss for one batch, one row per predicted token (shifted, flattened).
@@ -85,6 +89,27 @@ class TeacherTargets:
     def topk(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """`(topk_ids, topk_logps)` for the loss's `teacher_topk`, or None for the full-vocabulary form."""
         return None if self.topk_ids is None else (self.topk_ids, self.topk_logps)
+
+
+def check_finite(targets: TeacherTargets, read: torch.Tensor, row_length: int, where: str) -> None:
+    """Raise `TeacherOutputError` if the teacher's output is NaN or inf at a token the loss reads.
+
+    `read` marks those tokens in the flattened `[rows * row_length]` order of
+    `targets`; -inf in the top-k log-probs is an unused slot and allowed.
+    """
+    if targets.hidden is not None:
+        bad = ~torch.isfinite(targets.hidden).all(-1)
+    else:
+        bad = (torch.isnan(targets.topk_logps) | (targets.topk_logps == torch.inf)).any(-1)
+    bad = bad & read
+    if not bool(bad.any()):
+        return
+    row, position = divmod(int(bad.nonzero()[0, 0]), row_length)
+    raise TeacherOutputError(
+        f"{where}: the teacher's output is NaN or inf for the token predicted at row {row}, position {position} of "
+        f"the micro-batch ({int(bad.sum())} such tokens), so training stops rather than learn from it. A teacher in "
+        "float16 can overflow: set proofkd_teacher_dtype: bfloat16 or float32; for a server, check the model it serves"
+    )
 
 
 class Teacher(ABC):

@@ -31,7 +31,7 @@ from proofkd.plugin.heads import head_replaced
 from proofkd.plugin.loss import LossStats, proof_kd_loss
 from proofkd.plugin.loss.divergences import Divergence, get_divergence
 from proofkd.plugin.schedule import proof_weight_at
-from proofkd.plugin.teacher import Teacher, TeacherTargets
+from proofkd.plugin.teacher import Teacher, TeacherTargets, check_finite
 
 LOG = get_logger(__name__)
 
@@ -56,6 +56,7 @@ class ProofKDConfig:
     compile_head: bool
     divergence: str
     jsd_beta: float
+    topk_tail: str
 
     @classmethod
     def from_cfg(cls, cfg) -> ProofKDConfig:
@@ -71,6 +72,7 @@ class ProofKDConfig:
             compile_head=bool(cfg.proofkd_compile_loss_head),
             divergence=cfg.proofkd_divergence,
             jsd_beta=cfg.proofkd_jsd_beta,
+            topk_tail=cfg.proofkd_teacher_server_topk_tail,
         )
 
 
@@ -172,10 +174,13 @@ class ProofKDTrainer(AxolotlTrainer):
         inputs.pop("num_items_in_batch", None)
         weight = self.proof_weight()
         denominators = self._step_denominators(num_items_in_batch, labels, proof_mask, weight)
-        targets = self._teacher_targets(inputs)
-        stats_out: list[LossStats] = []
         # row i of everything the loss head sees belongs to the token predicted from position i
         flat_labels, flat_proof = labels[:, 1:].reshape(-1), proof_mask[:, 1:].reshape(-1)
+        targets = self._teacher_targets(inputs)
+        if targets is not None:
+            where = f"step {self.state.global_step + 1}" if model.training else "evaluation"
+            check_finite(targets, flat_labels != -100, labels.shape[1] - 1, where)
+        stats_out: list[LossStats] = []
         head = self._loss_head(targets, flat_labels, flat_proof, weight, denominators, stats_out)
         inputs["use_cache"] = False
         with head_replaced(model, head):
@@ -247,6 +252,7 @@ class ProofKDTrainer(AxolotlTrainer):
                 kl_vocab=self.kl_vocab,
                 compile=config.compile_head,
                 teacher_topk=teacher_topk,
+                topk_tail=config.topk_tail,
                 divergence=self.divergence,
             )
             stats_out.append(stats)

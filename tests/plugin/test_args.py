@@ -7,6 +7,7 @@ from axolotl.cli.config import prepare_plugins
 from axolotl.utils.config import validate_config
 from axolotl.utils.dict import DictDefault
 
+from proofkd.plugin.trainer import ProofKDConfig
 from tests.helpers import PLUGIN, STRATEGY
 
 
@@ -187,6 +188,15 @@ def test_the_new_stage1_keys_and_their_defaults():
 def test_bad_divergence_settings_name_the_key_and_the_fix(overrides, message):
     with pytest.raises(Exception, match=message):
         validate(**overrides)
+
+
+def test_a_served_teachers_tail_is_a_bucket_unless_renormalising_is_asked_for():
+    server = {"proofkd_teacher": None, "proofkd_teacher_server": "http://teacher:8000/v1"}
+    assert ProofKDConfig.from_cfg(validate(**server)).topk_tail == "bucket"
+    cfg = validate(**server, proofkd_teacher_server_topk_tail="renormalize")
+    assert ProofKDConfig.from_cfg(cfg).topk_tail == "renormalize"
+    with pytest.raises(Exception, match="proofkd_teacher_server_topk_tail"):
+        validate(**server, proofkd_teacher_server_topk_tail="drop")
 
 
 def test_divergences_other_than_reverse_kl_run_on_a_teacher_server():

@@ -11,7 +11,13 @@ from proofkd.core.data.stem import generate
 from proofkd.core.tokenize import tokenize_stage1
 from proofkd.plugin.collator import ProofSpanCollator
 from proofkd.plugin.heads import UnsupportedHeadError, final_hidden_states, head_replaced, verify_linear_head
-from proofkd.plugin.teacher import TeacherMismatchError, check_compatible
+from proofkd.plugin.teacher import (
+    TeacherMismatchError,
+    TeacherOutputError,
+    TeacherTargets,
+    check_compatible,
+    check_finite,
+)
 from proofkd.plugin.trainer import StepTotals, shifted_counts
 from tests.helpers import PLUGIN, make_model
 
@@ -163,3 +169,32 @@ def test_strategy_tokenizes_batches_and_names_missing_columns(tokenizer):
     assert len(out["input_ids"]) == 3
     with pytest.raises(KeyError, match=r"lacks \['CoT'\]"):
         strategy.tokenize_prompt({"question": ["q"], "response": ["r"]})
+
+
+@pytest.mark.parametrize("form", ["full", "topk"])
+def test_nan_or_inf_from_the_teacher_stops_training_naming_the_row(seed, form):
+    gen = torch.Generator().manual_seed(seed)
+    rows, length = 3, 5
+    read = torch.ones(rows * length, dtype=torch.bool)
+    read[:length] = False  # row 0 is padding: the loss never reads it
+    if form == "full":
+        values, bad = torch.randn(rows * length, 4, generator=gen), float("nan")
+        weight = torch.randn(7, 4, generator=gen)
+    else:
+        values, bad = torch.randn(rows * length, 3, generator=gen).log_softmax(-1), float("inf")
+        values[:, -1] = -torch.inf  # an unused slot is not an error
+        ids = torch.zeros_like(values, dtype=torch.long)
+
+    def check():
+        if form == "full":
+            check_finite(TeacherTargets(hidden=values, weight=weight), read, length, "step 3")
+        else:
+            check_finite(TeacherTargets(topk_ids=ids, topk_logps=values), read, length, "step 3")
+
+    check()
+    values[2, 0] = bad  # in the padding row: ignored
+    check()
+    values[length + 3, 1] = bad
+    values[2 * length, 0] = bad
+    with pytest.raises(TeacherOutputError, match=r"step 3: .* row 1, position 3 .*\(2 such tokens\).*bfloat16"):
+        check()

@@ -126,7 +126,7 @@ def test_gradient_checkpointing_gives_the_same_step(tiny, tmp_path_factory, base
     assert_same_steps(records, base["records"], steps=range(1, STEPS + 1))
 
 
-def served_variant(tiny, tmp_path_factory, name, topk=None):
+def served_variant(tiny, tmp_path_factory, name, topk=None, **keys):
     """A base-like run whose teacher is the tiny teacher behind a local vLLM-style server, asked for its top-k
     (default: as wide as the vocabulary). Returns the records, the output and the number of requests served."""
     import torch
@@ -143,6 +143,7 @@ def served_variant(tiny, tmp_path_factory, name, topk=None):
             proofkd_teacher_server=server.url,
             proofkd_teacher_server_model=MODEL_NAME,
             proofkd_teacher_server_topk=topk or model.lm_head.weight.shape[0],
+            **keys,
         )
         return records, output, len(server.requests)
 
@@ -156,9 +157,13 @@ def test_a_teacher_server_serving_its_whole_distribution_gives_the_same_steps(ti
     assert_same_steps(records, base["records"], steps=range(1, STEPS + 1), rel=1e-4)
 
 
-def test_a_narrow_teacher_server_top_k_still_trains(tiny, tmp_path_factory):
-    records, _, _ = served_variant(tiny, tmp_path_factory, "server-top8", topk=8)
+@pytest.mark.parametrize("tail", ["renormalize", "bucket"])
+def test_a_narrow_teacher_server_top_k_still_trains(tiny, tmp_path_factory, tail):
+    records, _, _ = served_variant(
+        tiny, tmp_path_factory, f"server-top8-{tail}", topk=8, proofkd_teacher_server_topk_tail=tail
+    )
     assert all(math.isfinite(r["proofkd/kl"]) and r["proofkd/kl"] >= 0 for r in records)
+    assert all(0 < r["proofkd/teacher_tail_mass"] < 1 for r in records)
     assert records[-1]["loss"] < records[0]["loss"]
 
 
