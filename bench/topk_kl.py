@@ -109,7 +109,6 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=2.0)
     parser.add_argument("--pairs", nargs="+", choices=list(PAIRS), default=list(PAIRS))
     args = parser.parse_args()
-    torch.manual_seed(0)
     results = {name: pair_kls(*PAIRS[name], args.rows, args.tokens, args.temperature) for name in args.pairs}
     print(table(results, args.temperature))
 

@@ -7,7 +7,7 @@ What a teacher gives a batch (`Teacher`):
   the teacher's view of the token the student predicts from position i.
   Either the teacher's final hidden states and its full output weight (the
   KL runs over the whole vocabulary) or its top-k ids and log-probs (the KL
-  runs over those, renormalised);
+  runs over those, with the tail as `proofkd_teacher_server_topk_tail` says);
 - `score(input_ids, attention_mask, completion_len, topk) -> TokenScores`:
   OPD's view, the log-probabilities of the sampled completion tokens;
 - `vocab_rows`: the rows of the teacher's output layer, or None when only
