@@ -1,4 +1,4 @@
-"""Where proofkd keeps things, and how it writes them without leaving half a file.
+"""Where proofkd keeps things, how it writes them without leaving half a file, and how it reads a YAML file.
 
 Every artefact is written under a temporary name beside its final place and
 renamed into place only once complete, so an interrupted run never leaves a
@@ -16,7 +16,54 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import yaml
 from filelock import FileLock
+
+
+class YamlFileError(ValueError):
+    """A YAML file that cannot be read as a mapping of keys; the message names the file, the place and the fix."""
+
+
+def read_yaml_mapping(path: str | os.PathLike, what: str, needs: str) -> dict:
+    """The mapping in the YAML file `path`, else a `YamlFileError` saying `{what} {path} is ...` and where.
+
+    `needs` completes the message for an empty file or one that holds no mapping ("it needs at least ...").
+    """
+    path = Path(path)
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        raise YamlFileError(
+            f"{what} {path} is not UTF-8: line {line} has the byte 0x{raw[error.start]:02x}; re-encode it as UTF-8"
+        ) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise YamlFileError(
+            f"{what} {path} is not valid YAML at {_yaml_problem(error)}. Fix it there "
+            "(each key as `key: value`, list items as `- item`, indented with spaces, quotes closed)"
+        ) from None
+    if not isinstance(data, dict):
+        kind = "empty" if data is None else f"a YAML {type(data).__name__}, not a mapping of keys"
+        raise YamlFileError(f"{what} {path} is {kind}: {needs}")
+    return data
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """'line L, column C: what the parser found', with where an unclosed bracket or quote was opened."""
+
+    def at(mark) -> str:
+        return f"line {mark.line + 1}, column {mark.column + 1}"
+
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    where = at(mark) if mark is not None else "an unknown place"
+    context, opened = getattr(error, "context", None), getattr(error, "context_mark", None)
+    if context and opened is not None and opened is not mark:
+        context += f" (opened at {at(opened)})"
+    problem = " ".join(str(p) for p in (context, getattr(error, "problem", None)) if p)
+    return f"{where}: {problem or error}"
 
 
 def cache_dir() -> Path:
@@ -27,6 +74,28 @@ def cache_dir() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
     return base / "proofkd"
+
+
+def unwritable_reason(folder: str | os.PathLike, option: str = "--out") -> str | None:
+    """Why nothing could be written in `folder` (which may not exist yet), with the fix; None if it can be.
+
+    The nearest folder that exists decides: it must be writable, and nothing on the way may be a file.
+    """
+    folder = Path(folder)
+    for candidate in (folder, *folder.parents):
+        if candidate.is_dir():
+            if os.access(candidate, os.W_OK | os.X_OK):
+                return None
+            return (
+                f"the folder {candidate} is not writable by this user. "
+                f"Pass an {option} you can write to, or change its permissions"
+            )
+        if candidate.exists() or candidate.is_symlink():
+            return (
+                f"{candidate} is a file, not a folder, so nothing can be written under it. "
+                f"Pass another {option}, or move that file away"
+            )
+    return None
 
 
 def _temporary_sibling(final: Path) -> Path:

@@ -11,6 +11,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from proofkd.core.io import YamlFileError, read_yaml_mapping, unwritable_reason
+
 PACKAGE = "proofkd.yaml"
 
 
@@ -18,8 +20,8 @@ class UnknownRecipeError(LookupError):
     """A name that is not a shipped recipe; the message lists the ones that are."""
 
 
-class RecipeExistsError(FileExistsError):
-    """The destination of a copy exists and overwriting was not asked for."""
+class CopyRefusedError(ValueError):
+    """The destination of a copy exists (and --force was not given), or cannot be written."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,31 @@ def find_recipe(name: str) -> Recipe:
     raise UnknownRecipeError(f"unknown recipe {name!r}; the recipes that ship with proofkd are: {known}")
 
 
+class RecipeError(ValueError):
+    """A recipe file that is missing or cannot be read; the message names it and the fix."""
+
+
+def read_recipe(recipe: str | Path) -> tuple[Path, dict]:
+    """The file and keys of `recipe`: a recipe file, or the name of a shipped one (`stage1_kd`)."""
+    path = Path(recipe).expanduser()
+    if not path.is_file():
+        try:
+            path = recipe_path(str(recipe))
+        except UnknownRecipeError as error:
+            if path.exists():
+                raise RecipeError(f"recipe {recipe} is a folder: pass the recipe's .yml file") from None
+            if path.suffix in (".yml", ".yaml") or len(path.parts) > 1:
+                raise RecipeError(
+                    f"recipe {recipe} does not exist; pass a recipe file, or a shipped recipe's name "
+                    "(`proofkd recipes list`; copy one with `proofkd recipes copy NAME`)"
+                ) from None
+            raise RecipeError(str(error)) from None
+    try:
+        return path, read_yaml_mapping(path, "recipe", needs="it needs at least base_model: and datasets:")
+    except YamlFileError as error:
+        raise RecipeError(str(error)) from None
+
+
 def recipe_path(name: str) -> Path:
     """The installed file of a shipped recipe."""
     return find_recipe(name).path
@@ -88,7 +115,10 @@ def copy_recipe(name: str, dest: str | Path = ".", *, force: bool = False) -> Pa
     if target.is_dir() or dest_text.endswith(("/", "\\")):
         target = target / recipe.path.name
     if target.exists() and not force:
-        raise RecipeExistsError(f"{target} exists; pass --force to overwrite it")
+        raise CopyRefusedError(f"{target} exists; pass --force to overwrite it")
+    reason = unwritable_reason(target.parent, option="destination")
+    if reason:
+        raise CopyRefusedError(f"cannot copy to {target}: {reason}")
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(recipe.path, target)
     return target

@@ -29,7 +29,6 @@ import itertools
 import json
 import logging
 import math
-import os
 import statistics
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -40,7 +39,7 @@ import yaml
 
 from proofkd.core.data.inputs import column_problem, diagnose_json, precheck_json
 from proofkd.core.data.manifest import FORMAT_COLUMNS, FilterSpec, Manifest, Source
-from proofkd.core.io import atomic_path
+from proofkd.core.io import atomic_path, unwritable_reason
 from proofkd.core.logs import get_logger
 from proofkd.core.templates import render_stage1, render_stage2
 from proofkd.core.tokenize import stage2_instruction
@@ -411,19 +410,9 @@ def check_destination(out_root: str | Path, name: str) -> Path:
             f"--out {out_root}: {final} is a file, not a folder, and the build would replace it. "
             "Move or delete it, or pass another --out"
         )
-    for parent in final.parents:
-        if parent.is_dir():
-            if not os.access(parent, os.W_OK | os.X_OK):
-                raise OutputError(
-                    f"--out {out_root}: the folder {parent} is not writable by this user. "
-                    "Pass an --out you can write to, or change its permissions"
-                )
-            return final
-        if parent.exists() or parent.is_symlink():
-            raise OutputError(
-                f"--out {out_root}: {parent} is a file, not a folder, so nothing can be written under it. "
-                "Pass another --out, or move that file away"
-            )
+    reason = unwritable_reason(final.parent)
+    if reason:
+        raise OutputError(f"--out {out_root}: {reason}")
     return final
 
 

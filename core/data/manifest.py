@@ -15,8 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
+from proofkd.core.io import YamlFileError, read_yaml_mapping
 
 MANIFEST_DIR = Path(__file__).parent / "manifests"
 
@@ -126,37 +127,15 @@ class ManifestError(ValueError):
 
 
 def _parse(path: Path) -> Manifest:
-    raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = raw.count(b"\n", 0, error.start) + 1
-        raise ManifestError(
-            f"manifest {path} is not UTF-8: line {line} has the byte 0x{raw[error.start]:02x}; re-encode it as UTF-8"
-        ) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-
-        def at(mark) -> str:
-            return f"line {mark.line + 1}, column {mark.column + 1}"
-
-        mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
-        where = at(mark) if mark is not None else "an unknown place"
-        context, opened = getattr(error, "context", None), getattr(error, "context_mark", None)
-        if context and opened is not None and opened is not mark:
-            context += f" (opened at {at(opened)})"
-        problem = " ".join(str(p) for p in (context, getattr(error, "problem", None)) if p)
-        raise ManifestError(
-            f"manifest {path} is not valid YAML at {where}: {problem or error}. Fix it there "
-            "(each key as `key: value`, list items as `- item`, indented with spaces, quotes closed)"
-        ) from None
-    if not isinstance(data, dict):
-        what = "empty" if data is None else f"a YAML {type(data).__name__}, not a mapping of keys"
-        raise ManifestError(
-            f"manifest {path} is {what}: it needs at least `name:`, `format:` (stage1, stage2 or dapo) and "
-            "`sources:` (see the shipped ones with `proofkd data list`)"
+        data = read_yaml_mapping(
+            path,
+            "manifest",
+            needs="it needs at least `name:`, `format:` (stage1, stage2 or dapo) and `sources:` "
+            "(see the shipped ones with `proofkd data list`)",
         )
+    except YamlFileError as error:
+        raise ManifestError(str(error)) from None
     try:
         return Manifest.model_validate(data)
     except ValidationError as error:

@@ -264,9 +264,7 @@ def test_an_unwritable_destination_is_refused_before_the_work(case, capsys, monk
     """Root ignores permissions, so the refusal is checked through `os.access`, and for real when not root."""
     case.out.mkdir()
     real_access = os.access
-    monkeypatch.setattr(
-        builder.os, "access", lambda p, mode: False if str(p) == str(case.out) else real_access(p, mode)
-    )
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(case.out) else real_access(p, mode))
     monkeypatch.setattr(builder, "load_source", lambda *a, **k: pytest.fail("a source was loaded"))
     code, err = run(capsys, case.args())
     assert code == 2
