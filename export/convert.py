@@ -71,6 +71,38 @@ def interleave_rotary_halves(weight: torch.Tensor, heads: int) -> torch.Tensor:
     return weight.reshape(heads, 2, rows // heads // 2, *weight.shape[1:]).transpose(1, 2).reshape(weight.shape)
 
 
+def read_checkpoint(checkpoint: str | Path) -> tuple[Architecture, dict]:
+    """The architecture and `config.json` of a checkpoint folder this converter can convert, else a
+    `ConversionError` naming the file and the fix. Cheap: called before anything is written."""
+    folder = Path(checkpoint)
+    if not folder.is_dir():
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise ConversionError(
+            f"{folder} {what}: pass the folder a training run saved (its output_dir, or a checkpoint-N in it)"
+        )
+    path = folder / "config.json"
+    if not path.is_file():
+        raise ConversionError(f"{folder} is not a model folder (no config.json): pass the folder save_pretrained wrote")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise ConversionError(f"{path} is not UTF-8 text (byte {error.start}); restore it from the run") from None
+    except json.JSONDecodeError as error:
+        raise ConversionError(
+            f"{path} is not valid JSON: line {error.lineno}, column {error.colno} ({error.msg}). "
+            "Restore the file save_pretrained wrote, or fix that line"
+        ) from None
+    if not isinstance(config, dict):
+        raise ConversionError(f"{path} holds {type(config).__name__}, not a JSON object: restore it from the run")
+    architecture = (config.get("architectures") or ["(none named)"])[0]
+    if architecture not in ARCHITECTURES:
+        raise ConversionError(
+            f"{path}: architecture {architecture} cannot be converted; supported: {', '.join(sorted(ARCHITECTURES))}"
+        )
+    _tensor_files(folder)
+    return ARCHITECTURES[architecture], config
+
+
 def _tensor_files(folder: Path) -> list[Path]:
     index = folder / "model.safetensors.index.json"
     if index.is_file():
@@ -180,11 +212,7 @@ def convert(
     folder = Path(checkpoint)
     if out_type not in OUT_TYPES:
         raise ConversionError(f"out_type must be one of {', '.join(OUT_TYPES)}, not {out_type!r}")
-    config = json.loads((folder / "config.json").read_text())
-    architecture = (config.get("architectures") or ["?"])[0]
-    if architecture not in ARCHITECTURES:
-        raise ConversionError(f"{architecture} cannot be converted; supported: {', '.join(sorted(ARCHITECTURES))}")
-    arch = ARCHITECTURES[architecture]
+    arch, config = read_checkpoint(folder)
     plan = _plan(arch, config, _tensor_files(folder))
     numpy_type, file_type = OUT_TYPES[out_type]
     final = Path(out_path)

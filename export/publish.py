@@ -19,11 +19,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from proofkd.core.io import atomic_path
+from proofkd.core.io import atomic_path, unwritable_reason
 from proofkd.core.logs import get_logger
 
 from .card import model_card
-from .convert import ARCHITECTURES, convert
+from .convert import convert, read_checkpoint
 from .quantize import FILE_TYPES, quantize
 from .verify import Reference, Verification, verification_table, verify
 
@@ -60,12 +60,6 @@ def parse_quants(text: str) -> list[str]:
     return list(dict.fromkeys(quants))
 
 
-def _architecture(checkpoint: Path) -> str:
-    """The GGUF architecture name (conversion has already refused any other)."""
-    config = json.loads((checkpoint / "config.json").read_text())
-    return ARCHITECTURES[config["architectures"][0]].name
-
-
 def export(
     checkpoint: str | Path,
     out_dir: str | Path,
@@ -78,8 +72,10 @@ def export(
 ) -> Export:
     """Convert, quantise and verify; files go to `out_dir` as `<name>-<TYPE>.gguf`."""
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
-    if not (checkpoint / "config.json").is_file():
-        raise PublishError(f"{checkpoint} is not a model folder (no config.json)")
+    arch, _ = read_checkpoint(checkpoint)  # refused before --out is made
+    reason = unwritable_reason(out_dir)
+    if reason:
+        raise PublishError(f"--out {out_dir}: {reason}")
     name = name or checkpoint.resolve().name
     out_dir.mkdir(parents=True, exist_ok=True)
     f16 = out_dir / f"{name}-F16.gguf"
@@ -98,8 +94,9 @@ def export(
     if "F16" not in quants:
         f16.unlink()
     report = {"checkpoint": str(checkpoint), "files": [r.to_json() for r in results], "quantizer_notes": notes}
-    (out_dir / "verification.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    return Export(folder=out_dir, architecture=_architecture(checkpoint), results=results, notes=notes)
+    with atomic_path(out_dir / "verification.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return Export(folder=out_dir, architecture=arch.name, results=results, notes=notes)
 
 
 @dataclass

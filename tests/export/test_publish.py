@@ -10,6 +10,7 @@ import yaml
 from proofkd.core.data.stem import generate
 from proofkd.export import publish as publish_module
 from proofkd.export import verify as verify_module
+from proofkd.export.convert import ConversionError
 from proofkd.export.publish import PublishError, parse_quants, publish
 from tests.helpers import make_tiny_qwen3, pretrain
 
@@ -117,5 +118,5 @@ def test_bad_arguments_are_named(checkpoint, tmp_path):
         publish(checkpoint, "no-owner", dry_run=True)
     with pytest.raises(PublishError, match="unknown quantisation"):
         parse_quants("Q4_K_M,Q2_K")
-    with pytest.raises(PublishError, match="is not a model folder"):
+    with pytest.raises(ConversionError, match="is not a model folder"):
         publish(tmp_path, "me/x", dry_run=True)
