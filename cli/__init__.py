@@ -29,10 +29,14 @@ from proofkd.core.logs import enable_console_logging
 def _quickstart(args: argparse.Namespace) -> int:
     from proofkd.cli import quickstart
 
-    if args.opd:
-        quickstart.run_opd(recipe=args.recipe, output_dir=Path(args.output_dir or "outputs/quickstart-opd"))
-    else:
-        quickstart.run(recipe=args.recipe, output_dir=Path(args.output_dir or "outputs/quickstart"))
+    try:
+        if args.opd:
+            quickstart.run_opd(recipe=args.recipe, output_dir=Path(args.output_dir or "outputs/quickstart-opd"))
+        else:
+            quickstart.run(recipe=args.recipe, output_dir=Path(args.output_dir or "outputs/quickstart"))
+    except quickstart.QuickstartError as error:
+        print(f"proofkd quickstart: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -94,11 +98,11 @@ def _recipes_list(args: argparse.Namespace) -> int:
 
 
 def _recipes_copy(args: argparse.Namespace) -> int:
-    from proofkd.core.recipes import RecipeExistsError, UnknownRecipeError, copy_recipe
+    from proofkd.core.recipes import CopyRefusedError, UnknownRecipeError, copy_recipe
 
     try:
         written = copy_recipe(args.name, args.dest, force=args.force)
-    except (UnknownRecipeError, RecipeExistsError) as error:
+    except (UnknownRecipeError, CopyRefusedError) as error:
         print(f"proofkd recipes copy: {error}", file=sys.stderr)
         return 2
     print(written)

@@ -101,6 +101,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+def _check_destination_and_device(out: str, device: str) -> None:
+    """Before any model loads: an --out that can be written, a --device this machine has."""
+    from proofkd.core.devices import missing_device_reason
+    from proofkd.core.io import unwritable_reason
+    from proofkd.evals.models import EvalSetupError
+
+    reason = unwritable_reason(out)
+    if reason:
+        raise EvalSetupError(f"--out {out}: {reason}")
+    reason = missing_device_reason(device)
+    if reason:
+        raise EvalSetupError(f"--device {reason}; pass --device cpu, or a device it has")
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the evaluation; 0 on success, 2 when the command line names something that is not there.
 
@@ -111,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
     from proofkd.evals.report import run_side_by_side
 
     try:
+        _check_destination_and_device(args.out, args.device)
         models = with_tokenizers([parse_model_spec(text) for text in args.model], args.tokenizer)
         tasks = [name.strip() for name in args.tasks.split(",") if name.strip()]
         if not tasks:

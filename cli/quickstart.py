@@ -21,11 +21,10 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 from proofkd.core import embedded
+from proofkd.core.io import unwritable_reason
 from proofkd.core.logs import get_logger
-from proofkd.core.recipes import recipe_path
+from proofkd.core.recipes import RecipeError, read_recipe
 
 LOG = get_logger("proofkd.quickstart")
 
@@ -91,23 +90,40 @@ def _axolotl_train(recipe: Path, output: Path, prepared: Path) -> None:
     ]
     env = dict(os.environ)
     env.setdefault("AXOLOTL_DO_NOT_TRACK", "1")
-    subprocess.run(command, check=True, env=env)
+    code = subprocess.run(command, env=env).returncode
+    if code != 0:
+        raise QuickstartError(f"axolotl train {recipe} stopped with exit code {code}; its messages are above")
 
 
-def _recipe(recipe: str | Path | None, default: str) -> Path:
-    """The given recipe file, or the shipped one called `default`."""
-    return recipe_path(default) if recipe is None else Path(recipe)
+class QuickstartError(ValueError):
+    """A quickstart that cannot start (or whose training stopped); the message names the input and the fix."""
 
 
-def _check_recipe(recipe: Path) -> dict:
-    if not recipe.is_file():
-        raise SystemExit(f"recipe {recipe} not found: pass --recipe a recipe file, or leave it out for the shipped one")
-    return yaml.safe_load(recipe.read_text(encoding="utf-8"))
+def _check(recipe: str | Path | None, default: str, output_dir: Path, keys: tuple[str, ...]) -> tuple[Path, dict]:
+    """The recipe file and its keys (the shipped `default` unless given), once the run can be seen to work.
+
+    Checked before anything is downloaded, measured or trained.
+    """
+    try:
+        path, cfg = read_recipe(recipe if recipe is not None else default)
+    except RecipeError as error:
+        raise QuickstartError(f"--recipe: {error}") from None
+    missing = [key for key in keys if not cfg.get(key)]
+    if missing:
+        raise QuickstartError(
+            f"--recipe {path} has no {', '.join(missing)}, which the quickstart reads; start from the shipped "
+            f"recipe (`proofkd recipes copy {default}`) and edit that"
+        )
+    reason = unwritable_reason(output_dir, option="--output-dir")
+    if reason:
+        raise QuickstartError(f"--output-dir {output_dir}: {reason}")
+    return path, cfg
 
 
 def run(recipe: str | Path | None = None, output_dir: Path = Path("outputs/quickstart")) -> dict:
-    recipe = _recipe(recipe, DEFAULT_RECIPE)
-    cfg = _check_recipe(recipe)
+    recipe, cfg = _check(
+        recipe, DEFAULT_RECIPE, output_dir, ("base_model", "proofkd_teacher", "datasets", "test_datasets")
+    )
     started = time.monotonic()
     LOG.info("step 1/4: materialising the embedded teacher, student and data (cached after the first run)")
     teacher_path = _resolve(cfg["proofkd_teacher"])
@@ -184,8 +200,7 @@ def run_opd(
     recipe: str | Path | None = None, output_dir: Path = Path("outputs/quickstart-opd"), heldout: str = OPD_HELDOUT
 ) -> dict:
     """On-policy distillation on the embedded default, measured before and after on held-out prompts."""
-    recipe = _recipe(recipe, OPD_RECIPE)
-    cfg = _check_recipe(recipe)
+    recipe, cfg = _check(recipe, OPD_RECIPE, output_dir, ("base_model", "proofkd_teacher", "datasets"))
     started = time.monotonic()
     LOG.info("step 1/4: materialising the embedded teacher, student and prompts (cached after the first run)")
     teacher_path = _resolve(cfg["proofkd_teacher"])

@@ -247,23 +247,21 @@ def verdict(per_gpu: list[int], gpu: str) -> str:
 
 
 def load_recipe(recipe: str | Path) -> tuple[str, dict]:
-    import yaml
+    from proofkd.core.recipes import RecipeError, read_recipe
 
-    path = Path(recipe)
-    if not path.is_file():
-        from proofkd.core.recipes import UnknownRecipeError, recipe_path
-
-        try:
-            path = recipe_path(str(recipe))
-        except UnknownRecipeError as error:
-            raise PlanError(str(error)) from None
-    return path.name, yaml.safe_load(path.read_text(encoding="utf-8"))
+    try:
+        path, cfg = read_recipe(recipe)
+    except RecipeError as error:
+        raise PlanError(str(error)) from None
+    return path.name, cfg
 
 
 def plan(recipe: str | Path, gpu: str, gpus: int = 1, *, student_shape: Shape | None = None) -> Plan:
     """The memory plan of `recipe` (a path or a shipped recipe's name) on `gpus` GPUs of kind `gpu`."""
     if gpu not in GPUS:
         raise PlanError(f"unknown GPU {gpu!r}; known: {', '.join(GPUS)}")
+    if gpus < 1:
+        raise PlanError(f"--gpus {gpus}: the plan needs at least one GPU")
     name, cfg = load_recipe(recipe)
     if not cfg.get("base_model"):
         raise PlanError(f"{name}: no base_model")

@@ -46,23 +46,19 @@ def test_quickstart_measures_before_trains_and_measures_after(tiny, tmp_path):
     assert (tmp_path / "qs" / "student" / "model.safetensors").is_file()
 
 
-def test_quickstart_names_a_missing_recipe_file(tmp_path):
-    done = proofkd("quickstart", "--recipe", "missing.yml", cwd=tmp_path)
-    assert done.returncode != 0
-    assert "recipe missing.yml not found: pass --recipe a recipe file" in done.stderr
-
-
 @pytest.mark.parametrize("opd, name", [(False, "quickstart/stage1_kd"), (True, "quickstart/opd")])
 def test_quickstart_reads_its_recipe_from_the_package_in_any_folder(tmp_path, monkeypatch, opd, name):
     from proofkd.cli import quickstart
     from proofkd.core.recipes import recipes_dir
 
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "quickstart").mkdir()  # a folder of the same name does not hide the shipped recipe
     default = quickstart.OPD_RECIPE if opd else quickstart.DEFAULT_RECIPE
-    path = quickstart._recipe(None, default)
-    assert path.is_absolute() and path.is_file()
+    path, cfg = quickstart._check(None, default, tmp_path / "out", ("base_model",))
+    assert path.is_absolute() and path.is_file() and cfg["base_model"]
     assert path == recipes_dir() / f"{name}.yml"
-    assert quickstart._recipe("mine.yml", default) == Path("mine.yml")  # a given recipe wins
+    (tmp_path / "mine.yml").write_text("base_model: mine\n")
+    assert quickstart._check("mine.yml", default, tmp_path / "out", ("base_model",))[0] == Path("mine.yml")
 
 
 def test_shipped_quickstart_recipes_need_no_file_of_the_repository():
