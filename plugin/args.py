@@ -14,10 +14,15 @@ plugins share.
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 from typing import Any, Literal
 
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from proofkd.core import embedded
+from proofkd.core.devices import missing_device_reason
 from proofkd.core.templates import FINAL_ANSWER_MARKER, PROOF_MARKER
 from proofkd.plugin.loss.divergences import DIVERGENCES, get_divergence
 
@@ -283,9 +288,32 @@ def _unknown_keys(cls: type[BaseModel], cfg: dict) -> list[str]:
     return problems
 
 
+CONFIG_REFUSED = "proofkd cannot run this config"
+
+
 def _raise_if(problems: list[str]) -> None:
     if problems:
-        raise ValueError("proofkd cannot run this config:\n- " + "\n- ".join(problems))
+        raise ValueError(f"{CONFIG_REFUSED}:\n- " + "\n- ".join(problems))
+
+
+def config_error_lines(error: BaseException) -> list[str] | None:
+    """A refused config's problems, one line each, or None when `error` is not a refusal of proofkd's keys.
+
+    Axolotl validates the config inside its launcher, so a refusal otherwise reaches the user as a pydantic
+    traceback of some forty lines with the messages in the middle.
+    """
+    if not isinstance(error, ValidationError):
+        return None
+    lines, ours = [], False
+    for detail in error.errors():
+        message = str(detail.get("msg", "")).removeprefix("Value error, ")
+        location = ".".join(str(part) for part in detail.get("loc", ()))
+        ours = ours or message.startswith(CONFIG_REFUSED) or location.startswith(PREFIX)
+        if message.startswith(CONFIG_REFUSED):
+            lines += [line.removeprefix("- ") for line in message.splitlines()[1:]]
+        else:
+            lines.append(f"{location}: {message}" if location and not message.startswith(location) else message)
+    return lines if ours else None
 
 
 def _getter(model: type[BaseModel], cfg: dict):
@@ -307,7 +335,46 @@ def _teacher_problems(cfg: dict, needed: bool, alternative: str) -> list[str]:
         problems.append(f"proofkd_teacher is not set: name the teacher model (Hub id or path), {alternative}")
     if get("proofkd_teacher_load_in_8bit") and get("proofkd_teacher_device") == "cpu":
         problems.append("proofkd_teacher_load_in_8bit needs a CUDA device; set proofkd_teacher_device to cuda or auto")
+    if get("proofkd_teacher") and not get("proofkd_teacher_server"):
+        problems += _teacher_path_problems(str(get("proofkd_teacher")))
+        problems += _teacher_device_problems(str(get("proofkd_teacher_device")))
     return problems
+
+
+def _teacher_path_problems(name: str) -> list[str]:
+    """A `proofkd_teacher` that can only be meant as a local path must be a model folder.
+
+    A name of the form `org/model` that is not a local folder is taken for a Hub id and left to the loader,
+    which can only tell when it reaches the Hub.
+    """
+    if embedded.is_reference(name):
+        return []  # resolved to a cached folder when the plugin registers, before validation
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            return [
+                f"proofkd_teacher: the folder {name} has no config.json, so it is not a saved model; "
+                "name the folder that save_pretrained wrote, or a Hub id"
+            ]
+        return []
+    if path.exists():
+        return [f"proofkd_teacher: {name} is a file; name the model's folder (the one holding config.json)"]
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return [
+            f"proofkd_teacher: no folder {name} exists here, and it is not a Hub id (org/model) either; "
+            "fix the path, or name the teacher's Hub id"
+        ]
+    return []
+
+
+def _teacher_device_problems(device: str) -> list[str]:
+    """A CUDA teacher device this machine does not have."""
+    reason = missing_device_reason(device)
+    if reason is None:
+        return []
+    return [f"proofkd_teacher_device: {reason}; use auto (each rank's training device), cpu, or a device it has"]
 
 
 def _stage1_problems(cfg: dict) -> list[str]:

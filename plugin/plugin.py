@@ -68,6 +68,32 @@ def count_span_statuses(dataset) -> Counter | None:
     return Counter(SpanStatus(v).name.lower() for v in dataset[column])
 
 
+def report_span_statuses(cfg, name: str, counts: Counter | None) -> None:
+    """Log how many rows carry a derivation; warn when none does, since the proof weight then does nothing."""
+    if not counts:
+        return
+    LOG.info(
+        "proofkd %s rows: %d with the whole derivation, %d with it cut by sequence_len "
+        "(the part inside the window is weighted), %d without a derivation (weight 1 throughout)",
+        name,
+        counts["whole"],
+        counts["truncated"],
+        counts["none"],
+    )
+    if counts["whole"] + counts["truncated"] == 0:
+        start = cfg.get("proofkd_proof_start_marker") or PROOF_MARKER
+        end = cfg.get("proofkd_proof_end_marker") or FINAL_ANSWER_MARKER
+        LOG.warning(
+            "proofkd: none of the %d %s rows has a derivation between %r and %r, so the proof weight changes "
+            "nothing and ce_proof is not logged. Check that the assistant turns hold both markers in that order "
+            "(or set proofkd_proof_start_marker / proofkd_proof_end_marker to the markers the data uses)",
+            counts["none"],
+            name,
+            start,
+            end,
+        )
+
+
 class ProofKDPlugin(TrainingPlugin):
     """Axolotl plugin for proof-weighted KD with an online teacher (see module docstring)."""
 
@@ -106,16 +132,7 @@ class ProofKDPlugin(TrainingPlugin):
                 LOG.info("the KL runs over the served teacher's top-%d tokens at each position", teacher.topk)
         trainer.attach(ProofKDConfig.from_cfg(cfg), teacher, kl_vocab)
         for name, dataset in (("train", trainer.train_dataset), ("eval", trainer.eval_dataset)):
-            counts = count_span_statuses(dataset)
-            if counts:
-                LOG.info(
-                    "proofkd %s rows: %d with the whole derivation, %d with it cut by sequence_len "
-                    "(the part inside the window is weighted), %d without a derivation (weight 1 throughout)",
-                    name,
-                    counts["whole"],
-                    counts["truncated"],
-                    counts["none"],
-                )
+            report_span_statuses(cfg, name, count_span_statuses(dataset))
 
     def add_callbacks_post_trainer(self, cfg, trainer):
         return [JsonlLogCallback()]

@@ -26,6 +26,7 @@ import torch
 from axolotl.core.trainers.base import AxolotlTrainer
 from transformers import TrainerCallback
 
+from proofkd.core.io import atomic_path
 from proofkd.core.logs import get_logger
 from proofkd.plugin.heads import head_replaced
 from proofkd.plugin.loss import LossStats, proof_kd_loss
@@ -281,15 +282,40 @@ class ProofKDTrainer(AxolotlTrainer):
             stats = LossStats(self.accelerator.reduce(stats.sums.to(self.accelerator.device), reduction="sum"))
         if stats["proof_tokens"] + stats["other_tokens"] > 0:
             for key, value in stats.means(self.proofkd.temperature).items():
-                logs[prefix + key] = value
+                if not math.isnan(value):  # a mean over no tokens (no derivation in these rows): nothing to log
+                    logs[prefix + key] = value
             if bucket == "train" and self._weight_used is not None:
                 logs[prefix + "proof_weight"] = self._weight_used
+        if bucket == "train" and self.teacher is not None:
+            logs.update({prefix + name: value for name, value in self.teacher.counters().items()})
         self._proofkd_stats[bucket] = LossStats.zeros()
         super().log(logs, start_time)
 
 
 class JsonlLogCallback(TrainerCallback):
-    """Appends every log record (with its step) to `<output_dir>/proofkd_log.jsonl` on the main process."""
+    """Appends every log record (with its step) to `<output_dir>/proofkd_log.jsonl` on the main process.
+
+    A run that starts at step N (resumed from checkpoint-N, or N = 0 for a new run) first drops the records
+    after step N: the steps an interrupted run logged past its last checkpoint are trained and logged again,
+    so each step stays in the file once.
+    """
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        path = Path(args.output_dir) / LOG_FILE
+        if not state.is_world_process_zero or not path.is_file():
+            return
+        lines = path.read_text(encoding="utf-8").splitlines()
+        kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= state.global_step]
+        if len(kept) == len(lines):
+            return
+        with atomic_path(path) as partial:
+            partial.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        LOG.info(
+            "%s: dropped %d record(s) after step %d, which this run logs again",
+            path,
+            len(lines) - len(kept),
+            state.global_step,
+        )
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
