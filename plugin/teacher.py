@@ -134,6 +134,10 @@ class Teacher(ABC):
         """One line for the log: where the teacher is."""
         return type(self).__name__
 
+    def counters(self) -> dict[str, float]:
+        """Running totals the training log reports (a server's failed attempts, say); none by default."""
+        return {}
+
 
 def load_teacher(cfg, accelerator, student_device: torch.device) -> Teacher:
     """The teacher a recipe describes: a client of `proofkd_teacher_server` if set, else the model in process."""
@@ -209,6 +213,14 @@ def check_same_tokenizer(student_tokenizer, teacher_tokenizer) -> None:
             head + f"The student's tokenizer is the teacher's plus {len(s_pairs - t_pairs)} added tokens (the "
             "recipe's special_tokens or tokens, or its tokenizer_config), for which the teacher has no trained "
             "logits: add the same tokens to the teacher's tokenizer, or remove them from the recipe"
+        )
+    if s_pairs < t_pairs:  # the student's tokenizer plus tokens the teacher's adds
+        extra = sorted(t_pairs - s_pairs, key=lambda kv: kv[1])
+        raise TeacherMismatchError(
+            head + f"The teacher's tokenizer is the student's plus {len(extra)} added tokens (ids {extra[0][1]} to "
+            f"{extra[-1][1]}), which the student cannot predict: add them to the student through the recipe's "
+            "tokens: (or special_tokens:) list, which also resizes its embeddings, or use the teacher's tokenizer "
+            "without them"
         )
     raise TeacherMismatchError(
         head + "Logit distillation needs one tokenizer: pick a teacher from the student's model family"

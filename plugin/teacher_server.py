@@ -11,10 +11,12 @@ removed) as the prompt of a one-token completion, so the server scores exactly
 the student's tokens. Rows go out `rows_per_request` at a time, so a rollout
 of long completions does not become one enormous answer.
 
-Requests time out after `timeout` seconds and are retried `retries` times with
-a growing pause on connection errors and 5xx answers; a 4xx answer (a wrong
-model name, say) fails at once. Every failure names the server and what to
-check.
+Requests time out after `timeout` seconds; a request is tried `retries`
+times, with a growing pause, on connection errors, 5xx answers and answers
+that are not JSON or lack the log-probabilities; a 4xx answer (a wrong model
+name, say) fails at once. The failed attempts are counted for the training
+log (`proofkd/teacher_server_retries`). Every failure names the server and
+what to check.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ LOG = get_logger(__name__)
 
 class TeacherServerError(RuntimeError):
     """The teacher server could not be reached or answered something unusable."""
+
+
+class UnusableAnswer(TeacherServerError):
+    """An answer without what was asked for: retried like a 5xx, since a restarting server can send one."""
 
 
 class ServerTeacher(Teacher):
@@ -63,6 +69,7 @@ class ServerTeacher(Teacher):
         self.pause = pause
         self.topk = topk
         self.session = requests.Session()
+        self.failed_attempts = 0  # every attempt that was retried or given up on, for the log
 
     @classmethod
     def from_cfg(cls, cfg) -> ServerTeacher:
@@ -83,7 +90,11 @@ class ServerTeacher(Teacher):
     def describe(self) -> str:
         return f"teacher served at {self.url} as {self.model}"
 
-    def _post(self, payload: dict) -> dict:
+    def counters(self) -> dict[str, float]:
+        return {"teacher_server_retries": self.failed_attempts}
+
+    def _post(self, payload: dict, parse):
+        """`parse(answer)` of the first usable answer; connection errors, 5xx and unusable answers are retried."""
         last = None
         for attempt in range(1, self.retries + 1):
             try:
@@ -91,14 +102,21 @@ class ServerTeacher(Teacher):
             except requests.RequestException as error:
                 last = f"{type(error).__name__}: {error}"
             else:
-                if response.status_code < 400:
-                    return response.json()
-                if response.status_code < 500:
+                if 400 <= response.status_code < 500:
                     raise TeacherServerError(
                         f"teacher server {self.url} refused the request ({response.status_code}): "
                         f"{response.text[:300]}; check that it serves the model {self.model!r}"
                     )
-                last = f"HTTP {response.status_code}: {response.text[:200]}"
+                if response.status_code >= 500:
+                    last = f"HTTP {response.status_code}: {response.text[:200]}"
+                else:
+                    try:
+                        return parse(response.json())
+                    except requests.JSONDecodeError as error:
+                        last = f"an answer that is not JSON ({error}): {response.text[:100]!r}"
+                    except UnusableAnswer as error:
+                        last = str(error)
+            self.failed_attempts += 1
             if attempt < self.retries:
                 LOG.warning("teacher server %s: attempt %d failed (%s); retrying", self.url, attempt, last)
                 time.sleep(self.pause * attempt)
@@ -184,28 +202,30 @@ class ServerTeacher(Teacher):
         per_row = []
         for start in range(0, len(rows), self.rows_per_request):
             batch = rows[start : start + self.rows_per_request]
-            for offset, (row, choice) in enumerate(zip(batch, self._prompt_logprobs(batch, topk), strict=True)):
-                entries = choice.get("prompt_logprobs")
-                if not entries or len(entries) != len(row):
-                    raise TeacherServerError(
-                        f"teacher server {self.url} returned no prompt_logprobs for row {start + offset}; it must "
-                        "support vLLM's prompt_logprobs (vLLM's OpenAI-compatible server does)"
-                    )
-                per_row.append(entries)
-        return per_row
-
-    def _prompt_logprobs(self, rows: list[list[int]], topk: int) -> list[dict]:
-        answer = self._post(
-            {
+            payload = {
                 "model": self.model,
-                "prompt": rows,
+                "prompt": batch,
                 "max_tokens": 1,
                 "temperature": 0.0,
                 "prompt_logprobs": topk,
             }
-        )
+            per_row += self._post(payload, lambda answer, batch=batch, start=start: self._entries(answer, batch, start))
+        return per_row
+
+    def _entries(self, answer, rows: list[list[int]], first_row: int) -> list[list]:
+        """The answer's `prompt_logprobs` for `rows`, in order; `UnusableAnswer` if it lacks any."""
         choices = answer.get("choices") if isinstance(answer, dict) else None
         if not isinstance(choices, list) or len(choices) != len(rows):
             got = len(choices) if isinstance(choices, list) else "no"
-            raise TeacherServerError(f"teacher server {self.url} answered {got} choices for {len(rows)} rows")
-        return sorted(choices, key=lambda c: c.get("index", 0))
+            raise UnusableAnswer(f"teacher server {self.url} answered {got} choices for {len(rows)} rows")
+        choices = sorted(choices, key=lambda c: c.get("index", 0) if isinstance(c, dict) else 0)
+        entries = []
+        for offset, (row, choice) in enumerate(zip(rows, choices, strict=True)):
+            found = choice.get("prompt_logprobs") if isinstance(choice, dict) else None
+            if not isinstance(found, list) or len(found) != len(row):
+                raise UnusableAnswer(
+                    f"teacher server {self.url} returned no prompt_logprobs for row {first_row + offset}; it must "
+                    "support vLLM's prompt_logprobs (vLLM's OpenAI-compatible server does)"
+                )
+            entries.append(found)
+        return entries

@@ -4,7 +4,7 @@
 answers, per prompt, vLLM's shape: null for the first token, then for each
 position a map from token id to `{"logprob", "rank"}` holding the top-k and the
 actual token, computed from a real model in float64. `script` makes requests
-fail, stall or answer badly, one entry per request.
+fail, stall, drop the connection or answer badly, one entry per request.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ class FakeVLLM:
 
     def __init__(self, model):
         self.model = model
-        self.script: list = []  # per request: "ok", an HTTP status, ("sleep", s), "no-logprobs", "few-choices"
+        # per request: "ok", an HTTP status, ("sleep", s), "drop", "malformed", "no-logprobs", "few-choices"
+        self.script: list = []
         self.requests: list[dict] = []
         owner = self
 
@@ -41,6 +42,11 @@ class FakeVLLM:
                     action = "ok"
                 if isinstance(action, int):
                     return self._send(action, {"error": {"message": f"scripted failure {action}"}})
+                if action == "drop":  # the connection closes with no answer, as when a server restarts
+                    self.close_connection = True
+                    return None
+                if action == "malformed":  # an answer cut short
+                    return self._send(200, b'{"object": "text_completion", "choices": [{"ind')
                 if self.path != "/v1/completions" or body.get("model") != MODEL_NAME:
                     return self._send(404, {"error": {"message": f"The model `{body.get('model')}` does not exist."}})
                 choices = [
@@ -56,12 +62,15 @@ class FakeVLLM:
                 return self._send(200, {"object": "text_completion", "model": MODEL_NAME, "choices": choices})
 
             def _send(self, status, payload):
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client timed out and left, as a stalled request's client does
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"

@@ -110,6 +110,9 @@ class OPDTrainer(AxolotlGRPOTrainer):
         out["teacher_per_token_logps"] = teacher.logps.to(out["completion_ids"].device)
         out["task_advantages"] = out["advantages"]
         self._log_rollout(self._student_scores(ids, mask, length), teacher, out["completion_mask"])
+        mode = "train" if self.model.training else "eval"
+        for name, total in self.teacher.counters().items():
+            self._metrics[mode][f"opd/{name}"].append(total)
         return out
 
     @torch.no_grad()

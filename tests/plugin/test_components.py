@@ -127,6 +127,15 @@ def test_a_student_tokenizer_with_added_tokens_says_what_it_adds(tiny, tokenizer
     assert "model family" not in str(info.value)
 
 
+def test_a_teacher_tokenizer_with_added_tokens_says_how_to_give_them_to_the_student(tiny, tokenizer):
+    teacher = AutoTokenizer.from_pretrained(tiny["tokenizer"])
+    teacher.add_tokens([f"<|teacher_{i}|>" for i in range(100)])
+    first = len(tokenizer)
+    with pytest.raises(TeacherMismatchError, match=f"the student's plus 100 added tokens \\(ids {first} to") as info:
+        check_compatible(tokenizer, teacher, student_rows=640, teacher_rows=640)
+    assert "recipe's tokens:" in str(info.value) and "model family" not in str(info.value)
+
+
 def test_vocabulary_rows_short_of_the_tokenizer_are_refused(tokenizer):
     with pytest.raises(
         TeacherMismatchError, match="600 tokens but the student's output layer has 640 rows and the teacher's 512"

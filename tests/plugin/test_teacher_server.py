@@ -66,6 +66,19 @@ def test_server_errors_are_retried_then_succeed(teacher_model, seed):
     assert torch.isfinite(scores.logps).all() and scores.topk_ids is None
 
 
+@pytest.mark.parametrize("fault", ["drop", "malformed", "no-logprobs", "few-choices", 500])
+def test_a_dropped_connection_or_unusable_answer_is_retried_and_counted(teacher_model, seed, fault):
+    ids, mask, completion = rollout_batch(seed, rows=2)
+    with FakeVLLM(teacher_model) as server:
+        healthy = ServerTeacher(server.url, MODEL_NAME, retries=1).score(ids, mask, completion, topk=4)
+        server.script = [fault, fault]
+        client = ServerTeacher(server.url, MODEL_NAME, timeout=30, retries=3, pause=0.01)
+        scores = client.score(ids, mask, completion, topk=4)
+        assert len(server.requests) == 1 + 3
+    assert client.counters() == {"teacher_server_retries": 2}
+    assert torch.equal(scores.logps, healthy.logps) and torch.equal(scores.topk_ids, healthy.topk_ids)
+
+
 def test_a_refused_request_fails_at_once_naming_the_model(teacher_model, seed):
     ids, mask, completion = rollout_batch(seed, rows=2)
     with FakeVLLM(teacher_model) as server:

@@ -126,9 +126,10 @@ def test_gradient_checkpointing_gives_the_same_step(tiny, tmp_path_factory, base
     assert_same_steps(records, base["records"], steps=range(1, STEPS + 1))
 
 
-def served_variant(tiny, tmp_path_factory, name, topk=None, **keys):
+def served_variant(tiny, tmp_path_factory, name, topk=None, script=(), run=None, **keys):
     """A base-like run whose teacher is the tiny teacher behind a local vLLM-style server, asked for its top-k
-    (default: as wide as the vocabulary). Returns the records, the output and the number of requests served."""
+    (default: as wide as the vocabulary), its requests answered as `script` says (see `FakeVLLM`). Returns what
+    `run` (default `variant`) returns, and the number of requests served."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -136,7 +137,8 @@ def served_variant(tiny, tmp_path_factory, name, topk=None, **keys):
 
     model = AutoModelForCausalLM.from_pretrained(tiny["teacher"], dtype=torch.float32).eval()
     with FakeVLLM(model) as server:
-        records, output = variant(
+        server.script = list(script)
+        result = (run or variant)(
             tiny,
             tmp_path_factory,
             name,
@@ -145,21 +147,63 @@ def served_variant(tiny, tmp_path_factory, name, topk=None, **keys):
             proofkd_teacher_server_topk=topk or model.lm_head.weight.shape[0],
             **keys,
         )
-        return records, output, len(server.requests)
+        return result, len(server.requests)
 
 
 def test_a_teacher_server_serving_its_whole_distribution_gives_the_same_steps(tiny, tmp_path_factory, base):
     """The teacher behind a local vLLM-style server, asked for a top-k as wide as the vocabulary: the
     top-k KL is then the full KL, so every step matches the in-process teacher's."""
-    records, output, served = served_variant(tiny, tmp_path_factory, "server")
+    (records, output), served = served_variant(tiny, tmp_path_factory, "server")
     assert "teacher served at" in output
     assert served >= STEPS * 2  # one request per micro-batch at least
     assert_same_steps(records, base["records"], steps=range(1, STEPS + 1), rel=1e-4)
 
 
+def test_a_faulty_teacher_server_gives_the_same_steps_and_counts_its_retries(tiny, tmp_path_factory, base):
+    """Dropped connections, a stall past the timeout, 5xx and answers cut short, each followed by a retry (two
+    in a row once): training ends with the in-process teacher's steps, and the log counts every failed attempt."""
+    faults = ["drop", 503, ("sleep", 10.0), "malformed", 502, "drop", "no-logprobs"]
+    script = ["ok", faults[0], "ok", faults[1], "ok", faults[2], "ok", faults[3], faults[4], "ok", "ok"]
+    script += [faults[5], "ok", faults[6], "ok"]
+    (records, output), served = served_variant(
+        tiny, tmp_path_factory, "server-faults", script=script, proofkd_teacher_server_timeout=7.0
+    )
+    assert served >= STEPS * 2 + len(faults)
+    assert output.count("attempt 1 failed") == 6 and output.count("attempt 2 failed") == 1
+    assert_same_steps(records, base["records"], steps=range(1, STEPS + 1), rel=1e-4)
+    assert records[-1]["proofkd/teacher_server_retries"] == len(faults)
+
+
+def run_failing(tiny, tmp_path_factory, name, **overrides):
+    workdir = tmp_path_factory.mktemp(name)
+    cfg = tiny_recipe(workdir, student=tiny["student"], teacher=tiny["teacher"], train_file=tiny["train"], **overrides)
+    code, output = axolotl_train(cfg, workdir)
+    return workdir / "out", code, output
+
+
+def test_a_teacher_server_that_stays_down_stops_the_run_naming_it_with_the_checkpoint_whole(tiny, tmp_path_factory):
+    """Two steps answered (one request per micro-batch), then only 503s."""
+    (out, code, output), _ = served_variant(
+        tiny,
+        tmp_path_factory,
+        "server-down",
+        script=["ok"] * 4 + [503] * 50,
+        run=run_failing,
+        max_steps=STEPS,
+        save_strategy="steps",
+        save_steps=1,
+        proofkd_teacher_server_retries=2,
+    )
+    assert code != 0
+    assert "proofkd stopped the run: teacher server http://127.0.0.1:" in output
+    assert "did not answer usefully in 2 attempts" in output and "HTTP 503" in output
+    assert (out / "checkpoint-2" / "trainer_state.json").is_file()
+    assert [r["step"] for r in train_records(out)] == [1, 2]
+
+
 @pytest.mark.parametrize("tail", ["renormalize", "bucket"])
 def test_a_narrow_teacher_server_top_k_still_trains(tiny, tmp_path_factory, tail):
-    records, _, _ = served_variant(
+    (records, _), _ = served_variant(
         tiny, tmp_path_factory, f"server-top8-{tail}", topk=8, proofkd_teacher_server_topk_tail=tail
     )
     assert all(math.isfinite(r["proofkd/kl"]) and r["proofkd/kl"] >= 0 for r in records)
