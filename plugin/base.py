@@ -2,10 +2,9 @@
 
 - `register`: console logging for proofkd's own loggers; a refused config
   or a known stop printed as its message rather than a traceback
-  (`report_errors_briefly`); an automatic resume
-  pointed past a checkpoint that a killed run left half written
-  (`skip_incomplete_checkpoint`); on a multi-process
-  launch without an accelerator, a gloo process group
+  (`report_errors_briefly`); an automatic resume kept off a checkpoint that
+  a killed run left half written (`skip_incomplete_checkpoint`); on a
+  multi-process launch without an accelerator, a gloo process group
   (`proofkd.plugin.cpu_launch`); `proofkd:` embedded references resolved to
   cached paths.
 - `load_datasets`: on that same launch, the models' device map corrected to
