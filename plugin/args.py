@@ -30,7 +30,14 @@ PREFIX = "proofkd_"
 
 
 class TeacherArgs(BaseModel):
-    """Where the teacher comes from: the keys Stage-1 distillation and OPD share."""
+    """The keys Stage-1 distillation and OPD share: where the teacher comes from, and step profiling."""
+
+    proofkd_profile: bool = Field(
+        default=False,
+        description="Log the seconds and peak memory of each part of a training step (teacher forward, student "
+        "forward, loss head, micro-step, optimizer step) as proofkd/seconds/* and proofkd/peak_gib/* (opd/* in "
+        "OPD). On a CPU the memory is counted tensor by tensor, which slows small models.",
+    )
 
     proofkd_teacher: str | None = Field(
         default=None,

@@ -43,6 +43,7 @@ from proofkd.core.tokenize import SpanStatus
 from proofkd.plugin.base import TrainingPlugin
 from proofkd.plugin.collator import ProofSpanCollator
 from proofkd.plugin.heads import verify_linear_head
+from proofkd.plugin.profile import PartClockCallback
 from proofkd.plugin.trainer import JsonlLogCallback, ProofKDConfig, ProofKDTrainer
 
 LOG = get_logger(__name__)
@@ -135,4 +136,4 @@ class ProofKDPlugin(TrainingPlugin):
             report_span_statuses(cfg, name, count_span_statuses(dataset))
 
     def add_callbacks_post_trainer(self, cfg, trainer):
-        return [JsonlLogCallback()]
+        return [JsonlLogCallback(), PartClockCallback(trainer.clock)]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from proofkd.core.logs import get_logger
 from proofkd.plugin.heads import head_replaced
 from proofkd.plugin.loss import LossStats, proof_kd_loss
 from proofkd.plugin.loss.divergences import Divergence, get_divergence
+from proofkd.plugin.profile import PartClock
 from proofkd.plugin.schedule import proof_weight_at
 from proofkd.plugin.teacher import Teacher, TeacherTargets, check_finite
 
@@ -58,6 +60,7 @@ class ProofKDConfig:
     divergence: str
     jsd_beta: float
     topk_tail: str
+    profile: bool
 
     @classmethod
     def from_cfg(cls, cfg) -> ProofKDConfig:
@@ -74,6 +77,7 @@ class ProofKDConfig:
             divergence=cfg.proofkd_divergence,
             jsd_beta=cfg.proofkd_jsd_beta,
             topk_tail=cfg.proofkd_teacher_server_topk_tail,
+            profile=bool(cfg.proofkd_profile),
         )
 
 
@@ -129,12 +133,22 @@ class ProofKDTrainer(AxolotlTrainer):
         self.divergence: Divergence | None = None
         self._proofkd_stats = {"train": LossStats.zeros(), "eval": LossStats.zeros()}
         self._weight_used: float | None = None  # the proof weight of the last training micro-batch
+        self.clock = PartClock()  # switched on by attach under proofkd_profile
 
     def attach(self, config: ProofKDConfig, teacher: Teacher | None, kl_vocab: int | None) -> None:
         """The run's settings, its teacher (None when the KL is off) and the KL's vocabulary rows; the divergence
         is built here, once (a served teacher with a divergence infinite on its top-k is refused by `args`)."""
         self.proofkd, self.teacher, self.kl_vocab = config, teacher, kl_vocab
         self.divergence = get_divergence(config.divergence, beta=config.jsd_beta)
+        self.clock.enabled, self.clock.device = config.profile, self.args.device
+
+    def _part(self, name: str):
+        """A span of the step's `name` part while training (evaluation is not a part of the step)."""
+        return self.clock.part(name) if self.model.training else nullcontext()
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        with self._part("micro_step"):
+            return super().training_step(model, inputs, num_items_in_batch)
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
@@ -177,14 +191,15 @@ class ProofKDTrainer(AxolotlTrainer):
         denominators = self._step_denominators(num_items_in_batch, labels, proof_mask, weight)
         # row i of everything the loss head sees belongs to the token predicted from position i
         flat_labels, flat_proof = labels[:, 1:].reshape(-1), proof_mask[:, 1:].reshape(-1)
-        targets = self._teacher_targets(inputs)
+        with self._part("teacher_forward"):
+            targets = self._teacher_targets(inputs)
         if targets is not None:
             where = f"step {self.state.global_step + 1}" if model.training else "evaluation"
             check_finite(targets, flat_labels != -100, labels.shape[1] - 1, where)
         stats_out: list[LossStats] = []
         head = self._loss_head(targets, flat_labels, flat_proof, weight, denominators, stats_out)
         inputs["use_cache"] = False
-        with head_replaced(model, head):
+        with head_replaced(model, head), self._part("student_forward"):
             outputs = model(**inputs)
         # Undo accelerate's mean over ranks (see `_step_denominators`): the gradient is the step's global sum.
         loss = outputs.logits * denominators.ranks
@@ -236,26 +251,27 @@ class ProofKDTrainer(AxolotlTrainer):
             teacher_hidden, teacher_weight, teacher_topk = targets.hidden, targets.weight, targets.topk
 
         def loss_head(head, hidden):
-            loss, stats = proof_kd_loss(
-                hidden[:, :-1].reshape(-1, hidden.shape[-1]),
-                head.weight,
-                teacher_hidden,
-                teacher_weight,
-                flat_labels,
-                flat_proof,
-                weight,
-                temperature=config.temperature,
-                ce_coef=config.ce_coef,
-                kd_coef=config.kd_coef,
-                ce_denominator=denominators.ce,
-                kd_denominator=denominators.kd,
-                chunk_size=config.chunk_size,
-                kl_vocab=self.kl_vocab,
-                compile=config.compile_head,
-                teacher_topk=teacher_topk,
-                topk_tail=config.topk_tail,
-                divergence=self.divergence,
-            )
+            with self._part("loss_head"):
+                loss, stats = proof_kd_loss(
+                    hidden[:, :-1].reshape(-1, hidden.shape[-1]),
+                    head.weight,
+                    teacher_hidden,
+                    teacher_weight,
+                    flat_labels,
+                    flat_proof,
+                    weight,
+                    temperature=config.temperature,
+                    ce_coef=config.ce_coef,
+                    kd_coef=config.kd_coef,
+                    ce_denominator=denominators.ce,
+                    kd_denominator=denominators.kd,
+                    chunk_size=config.chunk_size,
+                    kl_vocab=self.kl_vocab,
+                    compile=config.compile_head,
+                    teacher_topk=teacher_topk,
+                    topk_tail=config.topk_tail,
+                    divergence=self.divergence,
+                )
             stats_out.append(stats)
             return loss
 
@@ -288,6 +304,8 @@ class ProofKDTrainer(AxolotlTrainer):
                 logs[prefix + "proof_weight"] = self._weight_used
         if bucket == "train" and self.teacher is not None:
             logs.update({prefix + name: value for name, value in self.teacher.counters().items()})
+        if bucket == "train":
+            logs.update(self.clock.drain(prefix))
         self._proofkd_stats[bucket] = LossStats.zeros()
         super().log(logs, start_time)
 

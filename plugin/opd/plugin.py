@@ -33,6 +33,7 @@ from __future__ import annotations
 from proofkd.core.logs import get_logger
 from proofkd.plugin.base import TrainingPlugin
 from proofkd.plugin.opd.trainer import OPDConfig, OPDTrainer
+from proofkd.plugin.profile import PartClockCallback
 from proofkd.plugin.trainer import JsonlLogCallback
 
 LOG = get_logger(__name__)
@@ -71,4 +72,4 @@ class OPDPlugin(TrainingPlugin):
         trainer.attach(OPDConfig.from_cfg(cfg), teacher)
 
     def add_callbacks_post_trainer(self, cfg, trainer):
-        return [JsonlLogCallback()]
+        return [JsonlLogCallback(), PartClockCallback(trainer.clock)]

@@ -16,6 +16,7 @@ strategy, so the class also works when named with `trainer_cls:`.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +26,7 @@ from proofkd.core.logs import get_logger
 from proofkd.plugin.heads import final_hidden_states, output_head
 from proofkd.plugin.logprobs import TokenScores, overlap_mass, token_log_probs
 from proofkd.plugin.opd.losses import kl_estimate, opd_loss
+from proofkd.plugin.profile import PartClock
 from proofkd.plugin.teacher import Teacher
 
 LOG = get_logger(__name__)
@@ -44,6 +46,7 @@ class OPDConfig:
     dual_clip: float | None
     topk: int
     advantage_from: str
+    profile: bool
 
     @classmethod
     def from_cfg(cls, cfg) -> OPDConfig:
@@ -55,6 +58,7 @@ class OPDConfig:
             dual_clip=cfg.proofkd_opd_dual_clip,
             topk=cfg.proofkd_opd_topk,
             advantage_from=cfg.proofkd_opd_advantage_from,
+            profile=bool(cfg.proofkd_profile),
         )
 
 
@@ -84,6 +88,7 @@ class OPDTrainer(AxolotlGRPOTrainer):
         super().__init__(model, reward_funcs, *args, **kwargs)
         self.opd: OPDConfig | None = None  # both set by `attach`
         self.teacher: Teacher | None = None
+        self.clock = PartClock()  # switched on by attach under proofkd_profile
         spg, ga = self.args.steps_per_generation, self.args.gradient_accumulation_steps
         self._step_normaliser = spg % ga == 0
         if not self._step_normaliser:
@@ -96,17 +101,33 @@ class OPDTrainer(AxolotlGRPOTrainer):
 
     def attach(self, config: OPDConfig, teacher: Teacher) -> None:
         self.opd, self.teacher = config, teacher
+        self.clock.enabled, self.clock.device = config.profile, self.args.device
+
+    def _part(self, name: str):
+        """A span of the step's `name` part while training (evaluation is not a part of the step)."""
+        return self.clock.part(name) if self.model.training else nullcontext()
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        with self._part("micro_step"):
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self.model.training:
+            logs.update(self.clock.drain("opd/"))
+        super().log(logs, start_time)
 
     # --- rollout: teacher scores and diagnostics ----------------------------------------------
 
     def _generate_and_score_completions(self, inputs):
-        out = super()._generate_and_score_completions(inputs)
+        with self._part("rollout"):
+            out = super()._generate_and_score_completions(inputs)
         if self.teacher is None:
             raise RuntimeError("OPDTrainer has no teacher: the plugin attaches one in post_trainer_create")
         ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)
         mask = torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1)
         length = out["completion_ids"].shape[1]
-        teacher = self.teacher.score(ids, mask, length, topk=self.opd.topk)
+        with self._part("teacher_score"):
+            teacher = self.teacher.score(ids, mask, length, topk=self.opd.topk)
         out["teacher_per_token_logps"] = teacher.logps.to(out["completion_ids"].device)
         out["task_advantages"] = out["advantages"]
         self._log_rollout(self._student_scores(ids, mask, length), teacher, out["completion_mask"])

@@ -121,9 +121,18 @@ def test_resumed_run_continues_the_schedule_and_the_losses(tiny, tmp_path_factor
     assert_same_steps(records, base["records"], steps=[3, 4])
 
 
-def test_gradient_checkpointing_gives_the_same_step(tiny, tmp_path_factory, base):
-    records, _ = variant(tiny, tmp_path_factory, "ckpt", gradient_checkpointing=True)
+def test_gradient_checkpointing_and_profiling_give_the_same_step(tiny, tmp_path_factory, base):
+    records, _ = variant(tiny, tmp_path_factory, "ckpt", gradient_checkpointing=True, proofkd_profile=True)
     assert_same_steps(records, base["records"], steps=range(1, STEPS + 1))
+    for record in records:
+        seconds = {k.split("/")[-1]: v for k, v in record.items() if k.startswith("proofkd/seconds/")}
+        peaks = {k.split("/")[-1]: v for k, v in record.items() if k.startswith("proofkd/peak_gib/")}
+        parts = {"teacher_forward", "student_forward", "loss_head", "micro_step", "optimizer_step"}
+        assert set(seconds) == set(peaks) == parts, record
+        # the loss head runs inside the student's forward, and both inside the micro-steps
+        assert seconds["micro_step"] > seconds["teacher_forward"] + seconds["student_forward"] > seconds["loss_head"]
+        assert peaks["micro_step"] >= peaks["student_forward"] >= peaks["loss_head"] > 0
+    assert not any("seconds/" in k for r in base["records"] for k in r)  # off by default
 
 
 def served_variant(tiny, tmp_path_factory, name, topk=None, script=(), run=None, **keys):
