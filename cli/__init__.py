@@ -10,6 +10,7 @@
     proofkd publish CKPT --repo   export, verify, write the model card and upload to the Hub
     proofkd resolve REF           materialise a proofkd: reference and print its path
     proofkd plan RECIPE --gpu G   memory plan of a recipe per GPU, and which teacher placements fit
+    proofkd rehearse RECIPE       a published recipe through axolotl train at real width on the CPU
     proofkd eval --model N=SPEC   evaluate models side by side on lm-eval tasks, with a report
 
 Each subcommand imports its wing only when it runs, so `proofkd --help` is instant.
@@ -184,6 +185,17 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rehearse(args: argparse.Namespace) -> int:
+    from proofkd.cli import rehearse
+
+    try:
+        rehearse.run(args.recipe, steps=args.steps, output_dir=Path(args.output_dir) if args.output_dir else None)
+    except rehearse.RehearseError as error:
+        print(f"proofkd rehearse: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="proofkd", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"proofkd {version('proofkd')}")
@@ -263,6 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--gpu", required=True, choices=["h100-80gb", "h200-141gb"], help="the GPU kind")
     plan.add_argument("--gpus", type=int, default=1, help="GPUs available (2 allows the teacher on a second one)")
     plan.set_defaults(func=_plan)
+    rehearse = commands.add_parser(
+        "rehearse", help="a published recipe through axolotl train at real width on the CPU, every override printed"
+    )
+    rehearse.add_argument("recipe", help="a recipe file or a shipped recipe's name (stage1_kd, stage2_sft, opd)")
+    rehearse.add_argument("--steps", type=int, default=2, help="optimizer steps to run (default 2)")
+    rehearse.add_argument("--output-dir", default=None, help="default outputs/rehearse/<recipe name>")
+    rehearse.set_defaults(func=_rehearse)
     evaluate.add_parser(commands)
     return parser
 

@@ -15,12 +15,10 @@ measures again.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+from proofkd.cli.training_run import TrainingStopped, axolotl_train
 from proofkd.core import embedded
 from proofkd.core.io import unwritable_reason
 from proofkd.core.logs import get_logger
@@ -74,29 +72,15 @@ def format_table(before: dict, after: dict, teacher: dict | None = None) -> str:
     return "\n".join(lines)
 
 
-def _axolotl_train(recipe: Path, output: Path, prepared: Path) -> None:
-    command = [
-        sys.executable,
-        "-m",
-        "axolotl.cli.main",
-        "train",
-        str(recipe),
-        "--launcher",
-        "python",
-        "--output-dir",
-        str(output),
-        "--dataset-prepared-path",
-        str(prepared),
-    ]
-    env = dict(os.environ)
-    env.setdefault("AXOLOTL_DO_NOT_TRACK", "1")
-    code = subprocess.run(command, env=env).returncode
-    if code != 0:
-        raise QuickstartError(f"axolotl train {recipe} stopped with exit code {code}; its messages are above")
-
-
 class QuickstartError(ValueError):
     """A quickstart that cannot start (or whose training stopped); the message names the input and the fix."""
+
+
+def _train(recipe: Path, output: Path, prepared: Path) -> None:
+    try:
+        axolotl_train(recipe, output, prepared)
+    except TrainingStopped as error:
+        raise QuickstartError(str(error)) from None
 
 
 def _check(recipe: str | Path | None, default: str, output_dir: Path, keys: tuple[str, ...]) -> tuple[Path, dict]:
@@ -137,7 +121,7 @@ def run(recipe: str | Path | None = None, output_dir: Path = Path("outputs/quick
 
     trained = output_dir / "student"
     LOG.info("step 3/4: axolotl train %s -> %s", recipe, trained)
-    _axolotl_train(recipe, trained, output_dir / "prepared")
+    _train(recipe, trained, output_dir / "prepared")
 
     LOG.info("step 4/4: measuring the trained student on the same rows")
     after = _measure(trained, teacher_path, heldout, sequence_len, "after")
@@ -213,7 +197,7 @@ def run_opd(
 
     trained = output_dir / "student"
     LOG.info("step 3/4: axolotl train %s -> %s", recipe, trained)
-    _axolotl_train(recipe, trained, output_dir / "prepared")
+    _train(recipe, trained, output_dir / "prepared")
 
     LOG.info("step 4/4: measuring the trained student on the same prompts")
     after = _measure_opd(trained, teacher_path, rows, cfg, "after")

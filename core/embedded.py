@@ -255,6 +255,7 @@ _MATERIALISERS = {
     "arith-dapo": _arith_dapo,
     "qwen3-tokenizer": _qwen3_tokenizer,
     "qwen3-1.7b-slice": _qwen3_slice,
+    "qwen3-1.7b-base-slice": _qwen3_slice,
     "qwen3-30b-a3b-slice": _qwen3_slice,
     "qwen3-4b-base-slice": _qwen3_slice,
 }

@@ -144,6 +144,7 @@ ALIASES = {
 # Embedded slice name -> (published model, tokenizer variant, default experts or None)
 SLICES = {
     "qwen3-1.7b-slice": ("Qwen/Qwen3-1.7B", "instruct", None),
+    "qwen3-1.7b-base-slice": ("Qwen/Qwen3-1.7B-Base", "base", None),
     "qwen3-30b-a3b-slice": ("Qwen/Qwen3-30B-A3B-Instruct-2507", "instruct", 16),
     "qwen3-4b-base-slice": ("Qwen/Qwen3-4B-Base", "base", None),
 }

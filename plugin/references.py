@@ -3,7 +3,9 @@
 A recipe that does not use the KD plugin (Stage 2's legal SFT, say) can still
 name embedded models and data (`proofkd:smollm2-135m-instruct`,
 `proofkd:legal-sample?split=train`) by listing this plugin; it resolves them
-to cached paths before Axolotl validates the config, as `ProofKDPlugin` does.
+to cached paths before Axolotl validates the config, as `ProofKDPlugin` does,
+and its run logs every record to `proofkd_log.jsonl` as the distillation
+plugins' runs do.
 """
 
 from __future__ import annotations
@@ -27,8 +29,13 @@ def resolve_embedded_references(cfg) -> None:
 
 
 class EmbeddedReferencesPlugin(BasePlugin):
-    """Resolves `proofkd:` references; changes nothing else about training."""
+    """Resolves `proofkd:` references and logs to `proofkd_log.jsonl`; changes nothing else about training."""
 
     def register(self, cfg):
         enable_console_logging()
         resolve_embedded_references(cfg)
+
+    def add_callbacks_post_trainer(self, cfg, trainer):
+        from proofkd.plugin.trainer import JsonlLogCallback  # the trainer module loads Axolotl's trainers
+
+        return [JsonlLogCallback()]

@@ -30,7 +30,7 @@ def test_parse_reference():
         (
             "proofkd:nope",
             "unknown reference 'proofkd:nope'; known: proofkd:arith-dapo, proofkd:legal-sample, "
-            "proofkd:qwen3-1.7b-slice, proofkd:qwen3-30b-a3b-slice, proofkd:qwen3-4b-base-slice, "
+            "proofkd:qwen3-1.7b-base-slice, proofkd:qwen3-1.7b-slice, proofkd:qwen3-30b-a3b-slice, proofkd:qwen3-4b-base-slice, "
             "proofkd:qwen3-tokenizer, proofkd:smollm2-135m-instruct, proofkd:stem-synthetic",
         ),
         ("proofkd:smollm2-135m-instruct?layers=0", "layers must be between 1 and 30"),
