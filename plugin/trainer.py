@@ -147,7 +147,9 @@ class ProofKDTrainer(AxolotlTrainer):
         return self.clock.part(name) if self.model.training else nullcontext()
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        with self._part("micro_step"):
+        # Not `_part`: the Trainer switches the model to training mode inside this call, so the first
+        # micro-step of a run, and the first after an evaluation, would find it still in eval mode.
+        with self.clock.part("micro_step"):
             return super().training_step(model, inputs, num_items_in_batch)
 
     def _set_signature_columns_if_needed(self):

@@ -108,7 +108,9 @@ class OPDTrainer(AxolotlGRPOTrainer):
         return self.clock.part(name) if self.model.training else nullcontext()
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        with self._part("micro_step"):
+        # Not `_part`: the Trainer switches the model to training mode inside this call, so the first
+        # micro-step of a run, and the first after an evaluation, would find it still in eval mode.
+        with self.clock.part("micro_step"):
             return super().training_step(model, inputs, num_items_in_batch)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
