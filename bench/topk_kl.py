@@ -3,7 +3,7 @@
     python bench/topk_kl.py [--rows 8] [--tokens 256] [--temperature 2] [--pairs smollm2 qwen3]
 
 A served teacher gives only its top-k log-probabilities at each position; the
-KL then runs over those, renormalised (`proofkd_teacher_server_topk_tail:
+KL then runs over those, renormalised (`proofkd_teacher_topk_tail:
 renormalize`) or with one bucket for the rest of each side's mass (`bucket`).
 For each student-teacher pair, on held-out STEM rows in the Stage-1 template,
 this computes in float64 (`proofkd.plugin.loss.proof_kd_loss_float64`, the

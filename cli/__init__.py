@@ -11,6 +11,7 @@
     proofkd resolve REF           materialise a proofkd: reference and print its path
     proofkd plan RECIPE --gpu G   memory plan of a recipe per GPU, and which teacher placements fit
     proofkd rehearse RECIPE       a published recipe through axolotl train at real width on the CPU
+    proofkd teacher cache RECIPE  run the teacher once over a recipe's rows and store its top-k for training
     proofkd eval --model N=SPEC   evaluate models side by side on lm-eval tasks, with a report
 
 Each subcommand imports its wing only when it runs, so `proofkd --help` is instant.
@@ -196,6 +197,37 @@ def _rehearse(args: argparse.Namespace) -> int:
     return 0
 
 
+def _teacher_cache(args: argparse.Namespace) -> int:
+    import time
+
+    from proofkd.core.recipes import RecipeError
+    from proofkd.plugin.teacher import TeacherMismatchError, TeacherOutputError
+    from proofkd.plugin.teacher_cache import TeacherCacheError, cache_recipe
+    from proofkd.plugin.teacher_server import TeacherServerError
+
+    started = time.monotonic()
+    try:
+        folder, manifest = cache_recipe(
+            args.recipe,
+            args.out,
+            device=args.device,
+            logprob_dtype=args.logprob_dtype,
+            rows_per_shard=args.rows_per_shard,
+            rows_per_batch=args.rows_per_batch,
+            overwrite=args.overwrite,
+        )
+    except (RecipeError, TeacherCacheError, TeacherMismatchError, TeacherOutputError, TeacherServerError) as error:
+        print(f"proofkd teacher cache: {error}", file=sys.stderr)
+        return 2
+    size = sum(shard["bytes"] for shard in manifest.shards)
+    print(
+        f"teacher cache {folder}: {manifest.rows} rows, top-{manifest.key.topk} in {manifest.logprob_dtype}, "
+        f"{size / 2**20:.1f} MiB in {len(manifest.shards)} shards, {time.monotonic() - started:.0f} s; "
+        f"train with proofkd_teacher_cache: {folder}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="proofkd", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"proofkd {version('proofkd')}")
@@ -282,6 +314,20 @@ def build_parser() -> argparse.ArgumentParser:
     rehearse.add_argument("--steps", type=int, default=2, help="optimizer steps to run (default 2)")
     rehearse.add_argument("--output-dir", default=None, help="default outputs/rehearse/<recipe name>")
     rehearse.set_defaults(func=_rehearse)
+    teacher = commands.add_parser("teacher", help="work done by a recipe's teacher ahead of training")
+    cache = teacher.add_subparsers(dest="teacher", required=True).add_parser(
+        "cache", help="run the teacher once over a recipe's rows and store its top-k at every token"
+    )
+    cache.add_argument("recipe", help="a Stage-1 recipe file or a shipped recipe's name")
+    cache.add_argument("--out", default=None, help="the cache folder (default: the recipe's proofkd_teacher_cache)")
+    cache.add_argument("--device", default=None, help="device of an in-process teacher (default: cuda if present)")
+    cache.add_argument(
+        "--logprob-dtype", default="float16", choices=["float16", "float32"], help="stored log-probs (default float16)"
+    )
+    cache.add_argument("--rows-per-shard", type=int, default=256, help="rows per file, the unit of resuming")
+    cache.add_argument("--rows-per-batch", type=int, default=4, help="rows per teacher forward")
+    cache.add_argument("--overwrite", action="store_true", help="replace a cache built for other inputs")
+    cache.set_defaults(func=_teacher_cache)
     evaluate.add_parser(commands)
     return parser
 

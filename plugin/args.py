@@ -69,15 +69,16 @@ class TeacherArgs(BaseModel):
     )
     proofkd_teacher_server_timeout: float = Field(default=120.0, gt=0, description="Seconds to wait for one request.")
     proofkd_teacher_server_retries: int = Field(default=3, gt=0, description="Attempts per request before giving up.")
-    proofkd_teacher_server_topk: int = Field(
+    proofkd_teacher_topk: int = Field(
         default=20,
         gt=0,
-        description="Stage 1 with a teacher server: the KL runs over the teacher's top-k tokens at each position "
-        "(vLLM serves up to its --max-logprobs, 20 by default); see proofkd_teacher_server_topk_tail.",
+        description="Stage 1 with a teacher server or a teacher cache: the KL runs over the teacher's top-k tokens "
+        "at each position (vLLM serves up to its --max-logprobs, 20 by default); see proofkd_teacher_topk_tail.",
     )
-    proofkd_teacher_server_topk_tail: Literal["renormalize", "bucket"] = Field(
+    proofkd_teacher_topk_tail: Literal["renormalize", "bucket"] = Field(
         default="bucket",
-        description="Stage 1 with a teacher server: what the KL does with the mass outside the teacher's top-k. "
+        description="Stage 1 with a top-k teacher (a server or a cache): what the KL does with the mass outside "
+        "the teacher's top-k. "
         "'bucket' adds one outcome holding each side's remaining mass (much closer to the full KL; "
         "bench/topk_kl.py); 'renormalize' rescales the top-k to sum to 1.",
     )
@@ -91,7 +92,7 @@ class TeacherArgs(BaseModel):
         return value
 
     @field_validator(
-        "proofkd_teacher_server_timeout", "proofkd_teacher_server_retries", "proofkd_teacher_server_topk", mode="wrap"
+        "proofkd_teacher_server_timeout", "proofkd_teacher_server_retries", "proofkd_teacher_topk", mode="wrap"
     )
     @classmethod
     def _teacher_bounds(cls, value: Any, handler, info) -> Any:
@@ -136,6 +137,11 @@ class ProofKDArgs(TeacherArgs):
         default=None,
         ge=1,
         description="Tokens per loss chunk; unset keeps each [chunk, vocab] buffer near 128 MiB.",
+    )
+    proofkd_teacher_cache: str | None = Field(
+        default=None,
+        description="Folder of a teacher cache built by `proofkd teacher cache RECIPE`: the run reads the teacher's "
+        "top-k (proofkd_teacher_topk) there and loads no teacher; refused if built for other inputs.",
     )
     proofkd_compile_loss_head: bool = Field(
         default=True,
@@ -342,13 +348,13 @@ def _teacher_problems(cfg: dict, needed: bool, alternative: str) -> list[str]:
         problems.append(f"proofkd_teacher is not set: name the teacher model (Hub id or path), {alternative}")
     if get("proofkd_teacher_load_in_8bit") and get("proofkd_teacher_device") == "cpu":
         problems.append("proofkd_teacher_load_in_8bit needs a CUDA device; set proofkd_teacher_device to cuda or auto")
-    if get("proofkd_teacher") and not get("proofkd_teacher_server"):
-        problems += _teacher_path_problems(str(get("proofkd_teacher")))
+    if get("proofkd_teacher") and not get("proofkd_teacher_server") and not cfg.get("proofkd_teacher_cache"):
+        problems += teacher_path_problems(str(get("proofkd_teacher")))
         problems += _teacher_device_problems(str(get("proofkd_teacher_device")))
     return problems
 
 
-def _teacher_path_problems(name: str) -> list[str]:
+def teacher_path_problems(name: str) -> list[str]:
     """A `proofkd_teacher` that can only be meant as a local path must be a model folder.
 
     A name of the form `org/model` that is not a local folder is taken for a Hub id and left to the loader,
@@ -403,14 +409,15 @@ def _stage1_problems(cfg: dict) -> list[str]:
             f"(got {start!r} and {end!r})"
         )
     name, beta = get("proofkd_divergence"), get("proofkd_jsd_beta")
-    if get("proofkd_teacher_server") and kd and name in DIVERGENCES and 0 <= beta <= 1:
+    topk_teacher = "proofkd_teacher_cache" if get("proofkd_teacher_cache") else "proofkd_teacher_server"
+    if get(topk_teacher) and kd and name in DIVERGENCES and 0 <= beta <= 1:
         divergence = get_divergence(name, beta=beta)
         if not divergence.finite_on_topk:
             named = f"proofkd_divergence: {name}"
             if divergence.name != name:
                 named += f" with proofkd_jsd_beta: {beta:g} ({divergence.name})"
             problems.append(
-                f"{named} cannot run on proofkd_teacher_server: a top-k teacher gives zero "
+                f"{named} cannot run on {topk_teacher}: a top-k teacher gives zero "
                 "probability outside its top-k, so KL(student || teacher) is infinite there; use "
                 "proofkd_divergence: forward_kl or jsd (with proofkd_jsd_beta below 1)"
             )

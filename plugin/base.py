@@ -11,7 +11,9 @@
   the CPU; then Axolotl loads the data as usual.
 - `pre_model_load`: before the student is loaded, refuses a teacher whose
   tokenizer is not the student's as the run loads it (Axolotl's
-  `load_tokenizer`, with the recipe's added tokens), once per run.
+  `load_tokenizer`, with the recipe's added tokens), once per run; with
+  `proofkd_teacher_cache`, a cache that is not whole or was built for
+  other inputs instead.
 - `teacher(cfg, trainer)`: after the trainer is built, the teacher
   (`proofkd.plugin.teacher.load_teacher`: in process or a server client)
   and the vocabulary rows its KL runs over.
@@ -36,6 +38,7 @@ from proofkd.plugin.teacher import (
     kl_vocab_rows,
     load_teacher,
 )
+from proofkd.plugin.teacher_cache import CacheKey, TeacherCacheError, check_cache
 from proofkd.plugin.teacher_server import TeacherServerError
 
 LOG = get_logger(__name__)
@@ -82,7 +85,7 @@ def report_errors_briefly() -> None:
         lines = config_error_lines(error)
         if lines is not None:
             print(f"{CONFIG_REFUSED}:\n" + "\n".join(f"- {line}" for line in lines), file=sys.stderr, flush=True)
-        elif isinstance(error, (TeacherServerError, TeacherOutputError)):
+        elif isinstance(error, (TeacherServerError, TeacherOutputError, TeacherCacheError)):
             print(f"proofkd stopped the run: {error}", file=sys.stderr, flush=True)
         else:
             previous(kind, error, traceback)
@@ -119,11 +122,15 @@ class TrainingPlugin(BasePlugin):
             return
         from axolotl.loaders import load_tokenizer
 
-        check_teacher_tokenizer(cfg, load_tokenizer(cfg))  # the tokenizer the run's data and trainer get
+        tokenizer = load_tokenizer(cfg)  # the tokenizer the run's data and trainer get
+        if cfg.get("proofkd_teacher_cache"):
+            check_cache(Path(cfg.proofkd_teacher_cache), CacheKey.from_cfg(cfg, tokenizer))
+        else:
+            check_teacher_tokenizer(cfg, tokenizer)
         self._tokenizer_checked = True
 
     def teacher(self, cfg, trainer) -> tuple[Teacher, int]:
         """The run's teacher, placed for the trainer's launch, and the vocabulary rows of its KL."""
-        teacher = load_teacher(cfg, trainer.accelerator, trainer.accelerator.device)
+        teacher = load_teacher(cfg, trainer.accelerator, trainer.accelerator.device, trainer.processing_class)
         student_rows = output_head(trainer.model).weight.shape[0]
         return teacher, kl_vocab_rows(teacher, trainer.processing_class, student_rows)

@@ -27,7 +27,8 @@ What each Axolotl hook does here:
   trainer, the collator that pads `proof_mask`, and `remove_unused_columns:
   false` so the mask reaches the trainer.
 - `post_trainer_create`: loads the teacher on each rank's device (or connects
-  to the teacher server) through `proofkd.plugin.teacher.load_teacher`,
+  to the teacher server, or opens the teacher cache and checks that it holds
+  every row) through `proofkd.plugin.teacher.load_teacher`,
   checks both output heads and the vocabulary rows, attaches the teacher,
   and logs how many rows had a whole, truncated or missing derivation.
 """
@@ -44,6 +45,7 @@ from proofkd.plugin.base import TrainingPlugin
 from proofkd.plugin.collator import ProofSpanCollator
 from proofkd.plugin.heads import verify_linear_head
 from proofkd.plugin.profile import PartClockCallback
+from proofkd.plugin.teacher_cache import CachedTeacher
 from proofkd.plugin.trainer import JsonlLogCallback, ProofKDConfig, ProofKDTrainer
 
 LOG = get_logger(__name__)
@@ -129,8 +131,10 @@ class ProofKDPlugin(TrainingPlugin):
         teacher, kl_vocab = None, None
         if self.needs_teacher(cfg):
             teacher, kl_vocab = self.teacher(cfg, trainer)
+            if isinstance(teacher, CachedTeacher):
+                teacher.check_rows({"train": trainer.train_dataset, "eval": trainer.eval_dataset})
             if teacher.vocab_rows is None:
-                LOG.info("the KL runs over the served teacher's top-%d tokens at each position", teacher.topk)
+                LOG.info("the KL runs over the teacher's top-%d tokens at each position", teacher.topk)
         trainer.attach(ProofKDConfig.from_cfg(cfg), teacher, kl_vocab)
         for name, dataset in (("train", trainer.train_dataset), ("eval", trainer.eval_dataset)):
             report_span_statuses(cfg, name, count_span_statuses(dataset))

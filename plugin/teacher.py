@@ -7,15 +7,19 @@ What a teacher gives a batch (`Teacher`):
   the teacher's view of the token the student predicts from position i.
   Either the teacher's final hidden states and its full output weight (the
   KL runs over the whole vocabulary) or its top-k ids and log-probs (the KL
-  runs over those, with the tail as `proofkd_teacher_server_topk_tail` says);
+  runs over those, with the tail as `proofkd_teacher_topk_tail` says);
+- `topk_by_position(input_ids, attention_mask, k)`: the teacher's top-k
+  ids and log-probs `[B, L, k]` over the token at each position, given what
+  precedes it (what a teacher cache stores);
 - `score(input_ids, attention_mask, completion_len, topk) -> TokenScores`:
   OPD's view, the log-probabilities of the sampled completion tokens;
 - `vocab_rows`: the rows of the teacher's output layer, or None when only
   its top-k is seen (a server; the KL then uses the student's rows).
 
-Backends: `InProcessTeacher` (here) and `ServerTeacher`
-(`proofkd.plugin.teacher_server`). `load_teacher(cfg, ...)` picks one from
-`proofkd_teacher_server`. Compatibility is checked in two places only, by
+Backends: `InProcessTeacher` (here), `ServerTeacher`
+(`proofkd.plugin.teacher_server`) and `CachedTeacher` (the top-k stored by
+`proofkd teacher cache`, `proofkd.plugin.teacher_cache`). `load_teacher(cfg, ...)`
+picks one from `proofkd_teacher_cache` and `proofkd_teacher_server`. Compatibility is checked in two places only, by
 the two plugins alike: `check_teacher_tokenizer(cfg)` before the student
 loads (the tokenizers must be one), and `kl_vocab_rows(teacher, ...)` once
 both models are there (the vocabulary rows the KL runs over).
@@ -91,6 +95,12 @@ class TeacherTargets:
         return None if self.topk_ids is None else (self.topk_ids, self.topk_logps)
 
 
+def topk_targets(ids: torch.Tensor, logps: torch.Tensor) -> TeacherTargets:
+    """`topk_by_position`'s `[B, L, k]` as targets: position j + 1 holds the token predicted from j."""
+    k = ids.shape[-1]
+    return TeacherTargets(topk_ids=ids[:, 1:].reshape(-1, k), topk_logps=logps[:, 1:].reshape(-1, k))
+
+
 def check_finite(targets: TeacherTargets, read: torch.Tensor, row_length: int, where: str) -> None:
     """Raise `TeacherOutputError` if the teacher's output is NaN or inf at a token the loss reads.
 
@@ -125,6 +135,13 @@ class Teacher(ABC):
         """Stage 1: the teacher's view of every predicted token of the batch, on `input_ids`' device."""
 
     @abstractmethod
+    def topk_by_position(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, topk: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k ids and log-probs `[B, L, k]` over the token at each position given what precedes it; -inf log-probs
+        at padding and at each row's first real token."""
+
+    @abstractmethod
     def score(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_len: int, topk: int = 0
     ) -> TokenScores:
@@ -139,9 +156,14 @@ class Teacher(ABC):
         return {}
 
 
-def load_teacher(cfg, accelerator, student_device: torch.device) -> Teacher:
-    """The teacher a recipe describes: a client of `proofkd_teacher_server` if set, else the model in process."""
-    if cfg.proofkd_teacher_server:
+def load_teacher(cfg, accelerator, student_device: torch.device, tokenizer=None) -> Teacher:
+    """The teacher a recipe describes: its cache if `proofkd_teacher_cache` is set (checked against the run's
+    `tokenizer` and settings), else a client of `proofkd_teacher_server` if set, else the model in process."""
+    if cfg.get("proofkd_teacher_cache"):
+        from proofkd.plugin.teacher_cache import CachedTeacher, CacheKey
+
+        teacher = CachedTeacher.open(cfg.proofkd_teacher_cache, CacheKey.from_cfg(cfg, tokenizer))
+    elif cfg.proofkd_teacher_server:
         from proofkd.plugin.teacher_server import ServerTeacher
 
         teacher = ServerTeacher.from_cfg(cfg)
@@ -350,6 +372,28 @@ class InProcessTeacher(Teacher):
             positions.reshape(-1, positions.shape[-1]), self.output_weight, targets.reshape(-1), topk=topk
         )
         return scores.reshape(*targets.shape)
+
+    @torch.no_grad()
+    def topk_by_position(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, topk: int, chunk: int = 1024
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The top-k of the float32 log-softmax over the teacher's rows, `chunk` positions at a time."""
+        weight = self.output_weight.float()
+        hidden = self.hidden_states(input_ids, attention_mask)[:, :-1].to(weight.device)
+        batch, length = input_ids.shape
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        ids = torch.zeros(flat.shape[0], topk, dtype=torch.long, device=weight.device)
+        logps = torch.empty(flat.shape[0], topk, device=weight.device)
+        for start in range(0, flat.shape[0], chunk):
+            part = torch.log_softmax(flat[start : start + chunk].float() @ weight.T, dim=-1).topk(topk, dim=-1)
+            logps[start : start + chunk], ids[start : start + chunk] = part.values, part.indices
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        seen = (mask[:, 1:] * mask[:, :-1]).bool().reshape(-1).to(weight.device)
+        logps[~seen] = -torch.inf
+        pad = torch.zeros(batch, 1, topk, dtype=torch.long, device=weight.device)
+        ids = torch.cat([pad, ids.reshape(batch, length - 1, topk)], 1)
+        logps = torch.cat([pad.float() - torch.inf, logps.reshape(batch, length - 1, topk)], 1)
+        return ids.to(input_ids.device), logps.to(input_ids.device)
 
 
 def _probe_ids(model: nn.Module, device: torch.device) -> torch.Tensor:

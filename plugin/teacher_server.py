@@ -28,7 +28,7 @@ import torch
 
 from proofkd.core.logs import get_logger
 from proofkd.plugin.logprobs import TokenScores
-from proofkd.plugin.teacher import Teacher, TeacherTargets
+from proofkd.plugin.teacher import Teacher, TeacherTargets, topk_targets
 
 LOG = get_logger(__name__)
 
@@ -44,7 +44,7 @@ class UnusableAnswer(TeacherServerError):
 class ServerTeacher(Teacher):
     """Scores token sequences with a teacher served over HTTP (`/completions` with `prompt_logprobs`).
 
-    `topk` is the k of Stage 1's `targets` (`proofkd_teacher_server_topk`);
+    `topk` is the k of Stage 1's `targets` (`proofkd_teacher_topk`);
     OPD's `score` takes its own.
     """
 
@@ -79,7 +79,7 @@ class ServerTeacher(Teacher):
             cfg.proofkd_teacher_server_model or cfg.proofkd_teacher,
             timeout=cfg.proofkd_teacher_server_timeout,
             retries=cfg.proofkd_teacher_server_retries,
-            topk=cfg.proofkd_teacher_server_topk,
+            topk=cfg.proofkd_teacher_topk,
         )
 
     @property
@@ -159,10 +159,8 @@ class ServerTeacher(Teacher):
     def targets(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> TeacherTargets:
         """The teacher's top-`topk` at positions `[:, 1:]`, flattened (j + 1 holds the token predicted from j)."""
         if self.topk is None:
-            raise ValueError("ServerTeacher.targets needs the client's topk (proofkd_teacher_server_topk)")
-        ids, logps = self.topk_by_position(input_ids, attention_mask, self.topk)
-        k = ids.shape[-1]
-        return TeacherTargets(topk_ids=ids[:, 1:].reshape(-1, k), topk_logps=logps[:, 1:].reshape(-1, k))
+            raise ValueError("ServerTeacher.targets needs the client's topk (proofkd_teacher_topk)")
+        return topk_targets(*self.topk_by_position(input_ids, attention_mask, self.topk))
 
     @torch.no_grad()
     def topk_by_position(

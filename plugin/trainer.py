@@ -76,7 +76,7 @@ class ProofKDConfig:
             compile_head=bool(cfg.proofkd_compile_loss_head),
             divergence=cfg.proofkd_divergence,
             jsd_beta=cfg.proofkd_jsd_beta,
-            topk_tail=cfg.proofkd_teacher_server_topk_tail,
+            topk_tail=cfg.proofkd_teacher_topk_tail,
             profile=bool(cfg.proofkd_profile),
         )
 

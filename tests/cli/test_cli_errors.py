@@ -95,3 +95,20 @@ def test_an_eval_on_a_cuda_device_this_machine_lacks(files, capsys):
     line = refused(capsys, ["eval", "--model", SMALL, "--device", "cuda:1", "--out", "eval"])
     assert "--device cuda:1 needs CUDA, which this machine does not have; pass --device cpu" in line
     assert not (files / "eval").exists()
+
+
+@pytest.mark.parametrize(
+    "recipe, message",
+    [
+        ("missing.yml", "recipe missing.yml does not exist"),
+        ("broken.yml", "broken.yml"),
+        ("no_teacher.yml", "sets no proofkd_teacher_cache: give the cache's folder with --out"),
+    ],
+)
+def test_teacher_cache_refuses_a_recipe_it_cannot_use(files, capsys, recipe, message):
+    assert main(["teacher", "cache", recipe]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("proofkd teacher cache: ") and message in err and "Traceback" not in err
+    assert sorted(p.name for p in files.iterdir()) == sorted(
+        ["notes.txt", "broken.yml", "empty.yml", "latin.yml", "a_list.yml", "no_teacher.yml", "folder"]
+    )

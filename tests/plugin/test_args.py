@@ -148,9 +148,9 @@ def test_bad_opd_values_name_the_key_and_the_fix(overrides, message):
 
 def test_stage1_takes_a_server_teacher_and_refuses_rl():
     cfg = validate(proofkd_teacher=None, proofkd_teacher_server="http://teacher:8000/v1")
-    assert cfg.proofkd_teacher_server_topk == 20
-    with pytest.raises(Exception, match="proofkd_teacher_server_topk must be > 0"):
-        validate(proofkd_teacher_server="http://teacher:8000/v1", proofkd_teacher_server_topk=0)
+    assert cfg.proofkd_teacher_topk == 20
+    with pytest.raises(Exception, match="proofkd_teacher_topk must be > 0"):
+        validate(proofkd_teacher_server="http://teacher:8000/v1", proofkd_teacher_topk=0)
     with pytest.raises(Exception, match="list proofkd.plugin.OPDPlugin instead"):
         validate(rl="grpo")
 
@@ -183,6 +183,10 @@ def test_the_new_stage1_keys_and_their_defaults():
             {"proofkd_teacher_server": "http://teacher:8000/v1", "proofkd_divergence": "jsd", "proofkd_jsd_beta": 1.0},
             "proofkd_divergence: jsd with proofkd_jsd_beta: 1 .reverse_kl. cannot run on proofkd_teacher_server",
         ),
+        (
+            {"proofkd_teacher_cache": "cache", "proofkd_divergence": "reverse_kl"},
+            "proofkd_divergence: reverse_kl cannot run on proofkd_teacher_cache",
+        ),
     ],
 )
 def test_bad_divergence_settings_name_the_key_and_the_fix(overrides, message):
@@ -193,10 +197,10 @@ def test_bad_divergence_settings_name_the_key_and_the_fix(overrides, message):
 def test_a_served_teachers_tail_is_a_bucket_unless_renormalising_is_asked_for():
     server = {"proofkd_teacher": None, "proofkd_teacher_server": "http://teacher:8000/v1"}
     assert ProofKDConfig.from_cfg(validate(**server)).topk_tail == "bucket"
-    cfg = validate(**server, proofkd_teacher_server_topk_tail="renormalize")
+    cfg = validate(**server, proofkd_teacher_topk_tail="renormalize")
     assert ProofKDConfig.from_cfg(cfg).topk_tail == "renormalize"
-    with pytest.raises(Exception, match="proofkd_teacher_server_topk_tail"):
-        validate(**server, proofkd_teacher_server_topk_tail="drop")
+    with pytest.raises(Exception, match="proofkd_teacher_topk_tail"):
+        validate(**server, proofkd_teacher_topk_tail="drop")
 
 
 def test_divergences_other_than_reverse_kl_run_on_a_teacher_server():
@@ -239,3 +243,10 @@ def test_the_divergences_a_recipe_can_name_are_the_registered_ones(monkeypatch):
         assert validate(proofkd_divergence=name).proofkd_divergence == name
     monkeypatch.setitem(divergences.DIVERGENCES, "added_for_test", divergences.DIVERGENCES["forward_kl"])
     assert validate(proofkd_divergence="added_for_test").proofkd_divergence == "added_for_test"
+
+
+def test_a_run_from_a_teacher_cache_does_not_need_the_teacher_folder(tmp_path):
+    missing = str(tmp_path / "teacher-elsewhere")
+    with pytest.raises(Exception, match="no folder .* exists here"):
+        validate(proofkd_teacher=missing)
+    assert validate(proofkd_teacher=missing, proofkd_teacher_cache=str(tmp_path / "cache")).proofkd_teacher == missing

@@ -153,7 +153,7 @@ def served_variant(tiny, tmp_path_factory, name, topk=None, script=(), run=None,
             name,
             proofkd_teacher_server=server.url,
             proofkd_teacher_server_model=MODEL_NAME,
-            proofkd_teacher_server_topk=topk or model.lm_head.weight.shape[0],
+            proofkd_teacher_topk=topk or model.lm_head.weight.shape[0],
             **keys,
         )
         return result, len(server.requests)
@@ -213,7 +213,7 @@ def test_a_teacher_server_that_stays_down_stops_the_run_naming_it_with_the_check
 @pytest.mark.parametrize("tail", ["renormalize", "bucket"])
 def test_a_narrow_teacher_server_top_k_still_trains(tiny, tmp_path_factory, tail):
     (records, _), _ = served_variant(
-        tiny, tmp_path_factory, f"server-top8-{tail}", topk=8, proofkd_teacher_server_topk_tail=tail
+        tiny, tmp_path_factory, f"server-top8-{tail}", topk=8, proofkd_teacher_topk_tail=tail
     )
     assert all(math.isfinite(r["proofkd/kl"]) and r["proofkd/kl"] >= 0 for r in records)
     assert all(0 < r["proofkd/teacher_tail_mass"] < 1 for r in records)
@@ -226,3 +226,90 @@ def test_teacher_from_another_family_is_refused_before_training(tiny, smollm2, t
     assert code != 0
     assert "teacher and student tokenizers differ" in output
     assert "Starting trainer" not in output
+
+
+def teacher_cache(cfg: dict, workdir, *args: str) -> str:
+    """`proofkd teacher cache` on the recipe `cfg`, as a user runs it; its output."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    recipe = workdir / "cache-recipe.yml"
+    recipe.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    command = [sys.executable, "-m", "proofkd.cli", "teacher", "cache", str(recipe), *args]
+    done = subprocess.run(command, cwd=workdir, env=dict(os.environ), capture_output=True, text=True, timeout=600)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-6000:]
+    return output
+
+
+@pytest.fixture(scope="module")
+def cached(tiny, tmp_path_factory):
+    """A teacher cache as wide as the vocabulary, in float32, built from a copy of the teacher that is then
+    deleted: the runs that read it cannot load a teacher."""
+    import shutil
+
+    workdir = tmp_path_factory.mktemp("cache")
+    teacher = shutil.copytree(tiny["teacher"], workdir / "teacher")
+    cfg = tiny_recipe(
+        workdir,
+        student=tiny["student"],
+        teacher=teacher,
+        train_file=tiny["train"],
+        eval_file=tiny["heldout"],
+        max_steps=STEPS,
+        eval_steps=STEPS,
+        proofkd_teacher_cache=str(workdir / "cache"),
+        proofkd_teacher_topk=640,  # every vocabulary row: the top-k KL is the full KL
+    )
+    output = teacher_cache(cfg, workdir, "--logprob-dtype", "float32", "--rows-per-shard", "20")
+    shutil.rmtree(teacher)
+    return {"workdir": workdir, "cfg": cfg, "output": output}
+
+
+def test_a_full_width_teacher_cache_gives_the_in_process_teachers_steps(cached, base):
+    assert "teacher cache" in cached["output"] and "56 rows, top-640 in float32" in cached["output"]
+    output = run_ok(cached["cfg"], cached["workdir"])
+    assert "teacher read from the cache" in output and "loading teacher" not in output
+    assert_same_steps(train_records(cached["workdir"] / "out"), base["records"], steps=range(1, STEPS + 1), rel=1e-4)
+    evals = [r for r in read_log(cached["workdir"] / "out") if "eval_proofkd/kl" in r]
+    assert evals and all(math.isfinite(r["eval_proofkd/kl"]) for r in evals)
+
+
+def test_a_second_student_of_another_depth_trains_from_the_same_cache(cached, tiny, tmp_path_factory):
+    from tests.helpers import make_model
+
+    workdir = tmp_path_factory.mktemp("cache-second")
+    student = make_model(workdir / "student", tiny["tokenizer"], hidden=32, layers=3, seed=6)
+    cfg = dict(cached["cfg"], base_model=str(student), output_dir=str(workdir / "out"))
+    output = run_ok(cfg, workdir)
+    assert "teacher read from the cache" in output and "loading teacher" not in output
+    records = train_records(workdir / "out")
+    assert len(records) == STEPS and records[-1]["proofkd/kl"] < records[0]["proofkd/kl"]
+
+
+def test_a_cache_built_through_the_teacher_server_gives_the_served_runs_steps(tiny, tmp_path_factory):
+    """Top-8 with the tail bucket, log-probs stored in float16: the same steps as the live server within
+    float16's rounding."""
+
+    def run_from_cache(tiny, tmp_path_factory, name, **keys):
+        workdir = tmp_path_factory.mktemp(name)
+        cfg = tiny_recipe(
+            workdir,
+            student=tiny["student"],
+            teacher=tiny["teacher"],
+            train_file=tiny["train"],
+            max_steps=STEPS,
+            proofkd_teacher_cache=str(workdir / "cache"),
+            **keys,
+        )
+        teacher_cache(cfg, workdir)
+        output = run_ok(cfg, workdir)  # the same recipe: the cache comes before the server
+        assert "teacher read from the cache" in output
+        return train_records(workdir / "out")
+
+    (served, _), _ = served_variant(tiny, tmp_path_factory, "served-top8", topk=8)
+    cache_records, _ = served_variant(tiny, tmp_path_factory, "cache-top8", topk=8, run=run_from_cache)
+    assert_same_steps(cache_records, served, steps=range(1, STEPS + 1), rel=2e-3)
