@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from proofkd.core.recipes import read_recipe
+from proofkd.core.run_log import read_run_log
 
 
 def run(command: list[str], log: Path) -> float:
@@ -39,8 +40,7 @@ def run(command: list[str], log: Path) -> float:
 
 def part_seconds(output_dir: Path) -> dict[str, float]:
     """The median over steps (the first left out: it warms up) of each profiled part."""
-    records = [json.loads(line) for line in (output_dir / "proofkd_log.jsonl").read_text().splitlines()]
-    steps = [r for r in records if "proofkd/seconds/micro_step" in r][1:]
+    steps = [r for r in read_run_log(output_dir) if "proofkd/seconds/micro_step" in r][1:]
     names = [k for k in steps[0] if k.startswith("proofkd/seconds/")]
     return {name.split("/")[-1]: statistics.median(r[name] for r in steps) for name in names}
 

@@ -38,6 +38,7 @@ from proofkd.core import embedded
 from proofkd.core.io import atomic_path, unwritable_reason
 from proofkd.core.logs import get_logger
 from proofkd.core.recipes import RecipeError, read_recipe
+from proofkd.core.run_log import read_run_log, training_records
 
 LOG = get_logger("proofkd.rehearse")
 
@@ -188,14 +189,6 @@ def format_overrides(changes: list[Override]) -> str:
     return "\n".join(lines)
 
 
-def loss_parts(log_path: Path) -> list[dict]:
-    """The training records of `proofkd_log.jsonl` (one per logged step)."""
-    if not log_path.is_file():
-        return []
-    records = [json.loads(line) for line in log_path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [r for r in records if "loss" in r and "eval_loss" not in r]
-
-
 def format_loss_parts(records: list[dict]) -> str:
     keys = sorted(
         {k for r in records for k in r if k not in ("step", "epoch") and "seconds/" not in k and "peak_gib/" not in k}
@@ -272,7 +265,7 @@ def run(recipe: str, steps: int = 2, output_dir: Path | None = None) -> dict:
         "wall_seconds": round(time.monotonic() - started, 1),
         # ru_maxrss is in KiB on Linux: the largest child, here the training process
         "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20, 2),
-        "steps": loss_parts(Path(rehearsed["output_dir"]) / "proofkd_log.jsonl"),
+        "steps": training_records(read_run_log(rehearsed["output_dir"])),
     }
     with atomic_path(output_dir / "summary.json") as partial:
         partial.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

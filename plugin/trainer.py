@@ -29,6 +29,7 @@ from transformers import TrainerCallback
 
 from proofkd.core.io import atomic_path
 from proofkd.core.logs import get_logger
+from proofkd.core.run_log import LOG_FILE
 from proofkd.plugin.heads import head_replaced
 from proofkd.plugin.loss import LossStats, proof_kd_loss
 from proofkd.plugin.loss.divergences import Divergence, get_divergence
@@ -38,7 +39,6 @@ from proofkd.plugin.teacher import Teacher, TeacherTargets, check_finite
 
 LOG = get_logger(__name__)
 
-LOG_FILE = "proofkd_log.jsonl"
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,11 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from proofkd.core.run_log import LOG_FILE
 from proofkd.plugin.args import CONFIG_REFUSED, config_error_lines
 from proofkd.plugin.base import CHECKPOINT_COMPLETE_MARK, report_errors_briefly, skip_incomplete_checkpoint
 from proofkd.plugin.schedule import proof_weight_at
-from proofkd.plugin.trainer import LOG_FILE, JsonlLogCallback
+from proofkd.plugin.trainer import JsonlLogCallback
 from tests.helpers import axolotl_train, read_log, tiny_recipe, train_records, write_stage1_jsonl
 from tests.plugin.test_args import validate
 
