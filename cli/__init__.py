@@ -12,6 +12,7 @@
     proofkd plan RECIPE --gpu G   memory plan of a recipe per GPU, and which teacher placements fit
     proofkd rehearse RECIPE       a published recipe through axolotl train at real width on the CPU
     proofkd teacher cache RECIPE  run the teacher once over a recipe's rows and store its top-k for training
+    proofkd plot OUTPUT_DIR       a run's loss parts, divergences and schedule over its steps, as a PNG
     proofkd eval --model N=SPEC   evaluate models side by side on lm-eval tasks, with a report
 
 Each subcommand imports its wing only when it runs, so `proofkd --help` is instant.
@@ -228,6 +229,17 @@ def _teacher_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plot(args: argparse.Namespace) -> int:
+    from proofkd.cli.plot import PlotError, plot_run
+
+    try:
+        print(plot_run(args.output_dir, args.out))
+    except PlotError as error:
+        print(f"proofkd plot: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="proofkd", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"proofkd {version('proofkd')}")
@@ -328,6 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--rows-per-batch", type=int, default=4, help="rows per teacher forward")
     cache.add_argument("--overwrite", action="store_true", help="replace a cache built for other inputs")
     cache.set_defaults(func=_teacher_cache)
+    plot = commands.add_parser("plot", help="draw a run's loss parts and proof weight over its steps (a PNG)")
+    plot.add_argument("output_dir", help="a run's output_dir, the folder holding proofkd_log.jsonl")
+    plot.add_argument("--out", default=None, help="the PNG to write (default OUTPUT_DIR/proofkd_log.png)")
+    plot.set_defaults(func=_plot)
     evaluate.add_parser(commands)
     return parser
 
