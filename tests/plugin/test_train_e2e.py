@@ -8,6 +8,9 @@ are compared with it step by step.
 from __future__ import annotations
 
 import math
+import os
+import random
+import string
 
 import pytest
 
@@ -17,6 +20,7 @@ from tests.helpers import axolotl_train, read_log, tiny_recipe, train_records
 pytestmark = pytest.mark.slow
 
 STEPS = 4
+PLANTED_TOKEN = "hf_" + "".join(random.SystemRandom().choices(string.ascii_letters, k=34))
 
 
 def run_ok(config, workdir, *args, processes=1):
@@ -39,8 +43,21 @@ def base(tiny, tmp_path_factory):
         save_strategy="steps",
         save_steps=2,
     )
-    output = run_ok(cfg, workdir)
+    # A Hub token where a user keeps one: no output or file of the run may hold it (the run is offline).
+    os.environ["HF_TOKEN"] = PLANTED_TOKEN
+    try:
+        output = run_ok(cfg, workdir)
+    finally:
+        os.environ.pop("HF_TOKEN")
     return {"workdir": workdir, "cfg": cfg, "output": output, "records": train_records(workdir / "out")}
+
+
+def test_the_hub_token_is_in_no_output_and_no_file_of_a_run(base):
+    assert PLANTED_TOKEN not in base["output"]
+    files = [path for path in base["workdir"].rglob("*") if path.is_file()]
+    assert any(path.suffix == ".safetensors" for path in files)  # the checkpoint and the student are searched too
+    holding = [path for path in files if PLANTED_TOKEN.encode() in path.read_bytes()]
+    assert not holding
 
 
 def variant(tiny, tmp_path_factory, name, processes=1, **overrides):
