@@ -52,12 +52,14 @@ def token_log_probs(
             top = logits.topk(topk, dim=-1)
             ids.append(top.indices)
             values.append(top.values - lse)
-    empty = hidden.new_zeros(0, dtype=torch.float32)
-    return TokenScores(
-        torch.cat(logps) if logps else empty,
-        torch.cat(ids) if topk and ids else None,
-        torch.cat(values) if topk and values else None,
-    )
+    if not logps:  # no rows: empty tensors of the right shapes
+        empty = hidden.new_zeros(0, dtype=torch.float32)
+        return TokenScores(
+            empty,
+            hidden.new_zeros(0, topk, dtype=torch.long) if topk else None,
+            hidden.new_zeros(0, topk, dtype=torch.float32) if topk else None,
+        )
+    return TokenScores(torch.cat(logps), torch.cat(ids) if topk else None, torch.cat(values) if topk else None)
 
 
 def overlap_mass(student: TokenScores, teacher: TokenScores) -> tuple[torch.Tensor, torch.Tensor]:

@@ -101,6 +101,11 @@ def topk_targets(ids: torch.Tensor, logps: torch.Tensor) -> TeacherTargets:
     return TeacherTargets(topk_ids=ids[:, 1:].reshape(-1, k), topk_logps=logps[:, 1:].reshape(-1, k))
 
 
+def unusable_logps(logps: torch.Tensor) -> torch.Tensor:
+    """Where top-k log-probs are NaN or +inf; -inf is an unused slot and allowed."""
+    return torch.isnan(logps) | (logps == torch.inf)
+
+
 def check_finite(targets: TeacherTargets, read: torch.Tensor, row_length: int, where: str) -> None:
     """Raise `TeacherOutputError` if the teacher's output is NaN or inf at a token the loss reads.
 
@@ -110,7 +115,7 @@ def check_finite(targets: TeacherTargets, read: torch.Tensor, row_length: int, w
     if targets.hidden is not None:
         bad = ~torch.isfinite(targets.hidden).all(-1)
     else:
-        bad = (torch.isnan(targets.topk_logps) | (targets.topk_logps == torch.inf)).any(-1)
+        bad = unusable_logps(targets.topk_logps).any(-1)
     bad = bad & read
     if not bool(bad.any()):
         return
@@ -375,24 +380,27 @@ class InProcessTeacher(Teacher):
 
     @torch.no_grad()
     def topk_by_position(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, topk: int, chunk: int = 1024
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, topk: int, chunk_size: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The top-k of the float32 log-softmax over the teacher's rows, `chunk` positions at a time."""
-        weight = self.output_weight.float()
-        hidden = self.hidden_states(input_ids, attention_mask)[:, :-1].to(weight.device)
+        """The top-k of each position's next token, from `token_log_probs` (float32, in row chunks)."""
         batch, length = input_ids.shape
-        flat = hidden.reshape(-1, hidden.shape[-1])
-        ids = torch.zeros(flat.shape[0], topk, dtype=torch.long, device=weight.device)
-        logps = torch.empty(flat.shape[0], topk, device=weight.device)
-        for start in range(0, flat.shape[0], chunk):
-            part = torch.log_softmax(flat[start : start + chunk].float() @ weight.T, dim=-1).topk(topk, dim=-1)
-            logps[start : start + chunk], ids[start : start + chunk] = part.values, part.indices
+        weight = self.output_weight
+        hidden = self.hidden_states(input_ids, attention_mask)[:, :-1].to(weight.device)
+        scores = token_log_probs(
+            hidden.reshape(-1, hidden.shape[-1]),
+            weight,
+            input_ids[:, 1:].reshape(-1).to(weight.device),
+            topk=topk,
+            chunk_size=chunk_size,
+        )
+        ids = scores.topk_ids.reshape(batch, length - 1, topk)
+        logps = scores.topk_logps.reshape(batch, length - 1, topk)
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-        seen = (mask[:, 1:] * mask[:, :-1]).bool().reshape(-1).to(weight.device)
-        logps[~seen] = -torch.inf
+        seen = (mask[:, 1:] * mask[:, :-1]).bool().to(weight.device)
+        logps = logps.masked_fill(~seen[..., None], -torch.inf)
         pad = torch.zeros(batch, 1, topk, dtype=torch.long, device=weight.device)
-        ids = torch.cat([pad, ids.reshape(batch, length - 1, topk)], 1)
-        logps = torch.cat([pad.float() - torch.inf, logps.reshape(batch, length - 1, topk)], 1)
+        ids = torch.cat([pad, ids], 1)
+        logps = torch.cat([pad.float() - torch.inf, logps], 1)
         return ids.to(input_ids.device), logps.to(input_ids.device)
 
 

@@ -40,7 +40,14 @@ from safetensors.torch import save_file
 from proofkd.core.io import atomic_path
 from proofkd.core.logs import get_logger
 from proofkd.plugin.logprobs import TokenScores
-from proofkd.plugin.teacher import Teacher, TeacherMismatchError, TeacherOutputError, TeacherTargets, topk_targets
+from proofkd.plugin.teacher import (
+    Teacher,
+    TeacherMismatchError,
+    TeacherOutputError,
+    TeacherTargets,
+    topk_targets,
+    unusable_logps,
+)
 
 LOG = get_logger(__name__)
 
@@ -285,7 +292,7 @@ def _teacher_entries(teacher: Teacher, rows: list[list[int]], k: int, first_row:
     entries = []
     for b, ids in enumerate(rows):
         logps = top_logps[b, 1 : len(ids)]
-        bad = torch.isnan(logps) | (logps == torch.inf)
+        bad = unusable_logps(logps)
         if bool(bad.any()):
             position = int(bad.any(-1).nonzero()[0, 0]) + 1
             raise TeacherOutputError(
@@ -451,33 +458,29 @@ def cache_recipe(
     cfg = load_cfg(str(path))
     tokenizer = load_tokenizer(cfg)
     key = CacheKey.from_cfg(cfg, tokenizer)
-    teacher = _live_teacher(cfg, device)
+    teacher = _live_teacher(cfg, tokenizer, device)
     meta = load_datasets(cfg=cfg)
     rows = unique_rows([meta.train_dataset, meta.eval_dataset])
     LOG.info("teacher cache %s: %s over %d rows, top-%d", folder, teacher.describe(), len(rows), key.topk)
     return Path(folder), build_cache(rows, teacher, key, folder, **options)
 
 
-def _live_teacher(cfg, device: str | None) -> Teacher:
-    """The recipe's teacher as training would load it, without the cache."""
+def _live_teacher(cfg, tokenizer, device: str | None) -> Teacher:
+    """The recipe's teacher as training would load it without the cache (`load_teacher`), on `device`."""
     from types import SimpleNamespace
 
     from accelerate.utils import DistributedType
+    from axolotl.utils.dict import DictDefault
 
     from proofkd.plugin.args import teacher_path_problems
-    from proofkd.plugin.teacher import InProcessTeacher, TeacherSpec, check_same_tokenizer
+    from proofkd.plugin.teacher import check_teacher_tokenizer, load_teacher
 
-    if cfg.proofkd_teacher_server:
-        from proofkd.plugin.teacher_server import ServerTeacher
-
-        return ServerTeacher.from_cfg(cfg)
-    problems = teacher_path_problems(str(cfg.proofkd_teacher))
-    if problems:
-        raise TeacherCacheError(problems[0])
-    from axolotl.loaders import load_tokenizer
-    from transformers import AutoTokenizer
-
-    check_same_tokenizer(load_tokenizer(cfg), AutoTokenizer.from_pretrained(cfg.proofkd_teacher))
+    live = DictDefault({**cfg, "proofkd_teacher_cache": None})
+    if not live.proofkd_teacher_server:
+        problems = teacher_path_problems(str(live.proofkd_teacher))
+        if problems:
+            raise TeacherCacheError(problems[0])
+        check_teacher_tokenizer(live, tokenizer)
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     one_process = SimpleNamespace(num_processes=1, distributed_type=DistributedType.NO)
-    return InProcessTeacher.load(TeacherSpec.from_cfg(cfg), cfg, one_process, target)
+    return load_teacher(live, one_process, target)

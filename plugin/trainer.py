@@ -40,7 +40,6 @@ from proofkd.plugin.teacher import Teacher, TeacherTargets, check_finite
 LOG = get_logger(__name__)
 
 
-
 @dataclass(frozen=True)
 class ProofKDConfig:
     """Loss settings of a run: the validated `proofkd_*` keys (without the teacher's), read by `from_cfg`.

@@ -53,7 +53,7 @@ def padded(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_in_process_top_k_is_the_float64_softmax_top_k(teacher, seed):
     ids, mask = padded(random_rows(seed, count=3))
-    got_ids, got_logps = teacher.topk_by_position(ids, mask, K, chunk=5)
+    got_ids, got_logps = teacher.topk_by_position(ids, mask, K, chunk_size=5)
     hidden = teacher.hidden_states(ids, mask).double()
     logps = torch.log_softmax(hidden @ teacher.output_weight.double().T, -1)
     for b in range(ids.shape[0]):
