@@ -8,6 +8,7 @@
     proofkd recipes copy NAME     copy a shipped recipe (e.g. quickstart/stage1_kd) to edit it
     proofkd export CKPT           convert to GGUF, quantise and verify, without publishing
     proofkd publish CKPT --repo   export, verify, write the model card and upload to the Hub
+    proofkd verify FILE.gguf...   judge GGUF files in llama.cpp against their HF model
     proofkd resolve REF           materialise a proofkd: reference and print its path
     proofkd plan RECIPE --gpu G   memory plan of a recipe per GPU, and which teacher placements fit
     proofkd rehearse RECIPE       a published recipe through axolotl train at real width on the CPU
@@ -25,7 +26,7 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
-from proofkd.cli import evaluate
+from proofkd.cli import evaluate, verify
 from proofkd.core.logs import enable_console_logging
 
 
@@ -128,6 +129,7 @@ def _export(args: argparse.Namespace) -> int:
             _checkpoint(args.checkpoint),
             args.out,
             parse_quants(args.quants),
+            text=verify.read_text_option(args.text),
             threads=args.threads,
             pre_tokenizer=args.pre_tokenizer,
         )
@@ -153,6 +155,7 @@ def _publish(args: argparse.Namespace) -> int:
             private=args.private,
             base_model=args.base_model,
             license=args.license,
+            text=verify.read_text_option(args.text),
             threads=args.threads,
             pre_tokenizer=args.pre_tokenizer,
         )
@@ -293,8 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("checkpoint", help="an HF model folder (or a proofkd: reference)")
         sub.add_argument(
-            "--quants", default=quants, help=f"comma-separated: F16, Q8_0, Q5_K_M, Q4_K_M (default {quants})"
+            "--quants", default=quants, help=f"comma-separated: F16, Q8_0, Q6_K, Q5_K_M, Q4_K_M (default {quants})"
         )
+        verify.add_text_option(sub)
         sub.add_argument("--threads", type=int, default=None, help="threads for quantising and verifying")
         sub.add_argument("--pre-tokenizer", default=None, help="llama.cpp pre-tokenizer name, if detection fails")
         if name == "export":
@@ -344,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("output_dir", help="a run's output_dir, the folder holding proofkd_log.jsonl")
     plot.add_argument("--out", default=None, help="the PNG to write (default OUTPUT_DIR/proofkd_log.png)")
     plot.set_defaults(func=_plot)
+    verify.add_parser(commands)
     evaluate.add_parser(commands)
     return parser
 

@@ -11,6 +11,7 @@ from .verify import Verification, verification_table
 QUANT_NOTES = {
     "F16": "16-bit floats: the reference file, indistinguishable from the original",
     "Q8_0": "8-bit: near-lossless, about half the size of F16",
+    "Q6_K": "6-bit K-quant: close to Q8_0 in quality, smaller",
     "Q5_K_M": "5-bit K-quant, medium: a good balance of size and quality",
     "Q4_K_M": "4-bit K-quant, medium: the smallest; the usual choice for laptops and phones",
 }
@@ -50,11 +51,12 @@ def model_card(
         "",
         "## Files",
         "",
-        "| file | type | size | what it is |",
-        "|---|---|---:|---|",
+        "| file | type | size | bits/weight | what it is |",
+        "|---|---|---:|---:|---|",
     ]
     lines += [
-        f"| {r.file} | {r.quant} | {r.size_bytes / 2**20:.1f} MiB | {QUANT_NOTES.get(quant_of[r.file], '')} |"
+        f"| {r.file} | {r.quant} | {r.size_bytes / 2**20:.1f} MiB | {r.bits_per_weight:.2f} | "
+        f"{QUANT_NOTES.get(quant_of[r.file], '')} |"
         for r in results
     ]
     fallbacks = [
@@ -69,12 +71,15 @@ def model_card(
         "",
         "## How each file was checked",
         "",
-        "Each file was loaded in llama-cpp-python, which tokenised a fixed text to the same ids as the original "
-        "tokenizer, computed its next-token distribution at every position"
-        + (f" ({verification_tokens} tokens)" if verification_tokens else "")
-        + ", and generated a reply. The table compares those distributions with the original model's "
-        "(mean KL divergence per token, how often the most likely token agrees, and the perplexity of the text). "
-        "A file outside its bound is not published.",
+        "Each file was run by llama.cpp (through llama-cpp-python) and compared with the original model in "
+        "float32 on held-out text"
+        + (f" ({verification_tokens} scored tokens)" if verification_tokens else "")
+        + ", with the statistics `llama-perplexity --kl-divergence` reports and by its rules (the second half of "
+        "each 512-token window is scored): the KL divergence per token from the original's next-token "
+        "distribution (mean with its standard error, median, p99, p99.9, max), how often both rank the same token "
+        "first, the RMS of the change in the next token's probability, and ln(PPL_Q / PPL_original). llama.cpp "
+        "tokenised the text to the original tokenizer's ids, and its greedy continuation of a held-out prompt "
+        "followed the original's. A file outside its type's bound is not published.",
         "",
         verification_table(results),
         "",
@@ -85,6 +90,12 @@ def model_card(
         "```bash",
         f'llama-cli -hf {repo_id}:{quant_of[example]} -p "What is the difference between negligence and strict liability?"',
         f"llama-server -hf {repo_id}:{quant_of[example]}",
+        "```",
+        "",
+        "With Ollama:",
+        "",
+        "```bash",
+        f"ollama run hf.co/{repo_id}:{quant_of[example]}",
         "```",
         "",
         "With llama-cpp-python:",

@@ -66,11 +66,16 @@ def export(
     quants: list[str],
     *,
     name: str | None = None,
+    text: str | None = None,
     threads: int | None = None,
     pre_tokenizer: str | None = None,
     progress: bool = True,
 ) -> Export:
-    """Convert, quantise and verify; files go to `out_dir` as `<name>-<TYPE>.gguf`."""
+    """Convert, quantise and verify; files go to `out_dir` as `<name>-<TYPE>.gguf`.
+
+    `verification.json` is rewritten after each file, and lists every `<name>-*.gguf` in `out_dir`: this run's,
+    and an earlier run's that are still there unchanged (any other is listed as unverified).
+    """
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     arch, _ = read_checkpoint(checkpoint)  # refused before --out is made
     reason = unwritable_reason(out_dir)
@@ -78,25 +83,61 @@ def export(
         raise PublishError(f"--out {out_dir}: {reason}")
     name = name or checkpoint.resolve().name
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_partial_files(out_dir, name)
     f16 = out_dir / f"{name}-F16.gguf"
     convert(checkpoint, f16, out_type="F16", pre_tokenizer=pre_tokenizer, progress=progress)
-    LOG.info("computing the reference distribution of %s", checkpoint)
-    reference = Reference.from_checkpoint(checkpoint)
-    results, notes = [], {}
+    LOG.info("computing the reference distributions of %s", checkpoint)
+    reference = Reference.from_checkpoint(checkpoint, text=text)
+    done = Export(folder=out_dir, architecture=arch.name, results=[])
     for quant in quants:
         path = f16
         if quant != "F16":
-            path, notes[quant] = quantize(
+            path, done.notes[quant] = quantize(
                 f16, out_dir / f"{name}-{quant}.gguf", quant, threads=threads, progress=progress
             )
-        LOG.info("verifying %s", path.name)
-        results.append(verify(path, quant, reference, threads=threads))
+        LOG.info("verifying %s in llama.cpp", path.name)
+        done.results.append(verify(path, reference, quant=quant, threads=threads))
+        write_verification_report(done, checkpoint, name)
     if "F16" not in quants:
         f16.unlink()
-    report = {"checkpoint": str(checkpoint), "files": [r.to_json() for r in results], "quantizer_notes": notes}
-    with atomic_path(out_dir / "verification.json") as tmp:
+        write_verification_report(done, checkpoint, name)
+    return done
+
+
+def remove_partial_files(out_dir: Path, name: str) -> None:
+    """The temporaries a killed export left in `out_dir` (a finished run leaves none)."""
+    for pattern in (f".{name}-*.gguf.partial-*", ".verification.json.partial-*", ".README.md.partial-*"):
+        for stale in out_dir.glob(pattern):
+            LOG.info("removing %s, left by an interrupted export", stale.name)
+            stale.unlink()
+
+
+def write_verification_report(done: Export, checkpoint: Path, name: str) -> Path:
+    """`verification.json` for the files now in the folder (see `export`)."""
+    path = done.folder / "verification.json"
+    present = {p.name: p.stat().st_size for p in done.folder.glob(f"{name}-*.gguf")}
+    entries = {r.file: r.to_json() for r in done.results if r.file in present}
+    for entry in _earlier_entries(path):
+        file = entry.get("file")
+        if file in present and file not in entries and entry.get("size_bytes") == present[file]:
+            entries[file] = entry
+    report = {
+        "checkpoint": str(checkpoint),
+        "files": list(entries.values()),
+        "unverified": sorted(set(present) - set(entries)),
+        "quantizer_notes": done.notes,
+    }
+    with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    return Export(folder=out_dir, architecture=arch.name, results=results, notes=notes)
+    return path
+
+
+def _earlier_entries(path: Path) -> list[dict]:
+    try:
+        files = json.loads(path.read_text(encoding="utf-8")).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [entry for entry in files if isinstance(entry, dict)] if isinstance(files, list) else []
 
 
 @dataclass
@@ -113,6 +154,20 @@ class Plan:
             size = (self.folder / name).stat().st_size
             lines.append(f"  {name:48s} {size / 2**20:10.1f} MiB")
         return "\n".join(lines)
+
+
+def check_repo_id(repo_id: str, option: str) -> None:
+    """A `PublishError` naming `option` unless `repo_id` is `owner/name` by the Hub's naming rules."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    rules = "letters, digits, '-', '_' and '.', at most 96 characters, no '--' or '..', not starting or ending in '-' or '.'"
+    if repo_id.count("/") != 1:
+        raise PublishError(f"{option} must be 'owner/name', not {repo_id!r}")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise PublishError(f"{option} {repo_id!r} is not a valid Hub repository id: use {rules}") from None
 
 
 def _token_available() -> bool:
@@ -132,20 +187,36 @@ def publish(
     private: bool = False,
     base_model: str | None = None,
     license: str | None = None,
+    text: str | None = None,
     threads: int | None = None,
     pre_tokenizer: str | None = None,
     api=None,
     progress: bool = True,
 ) -> Plan:
-    """Export, verify, write the card, and upload (or, with `dry_run`, say what would be uploaded)."""
-    if "/" not in repo_id:
-        raise PublishError(f"--repo must be 'owner/name', not {repo_id!r}")
+    """Export, verify, write the card, and upload (or, with `dry_run`, say what would be uploaded).
+
+    Every argument is checked before any work, in a dry run too.
+    """
+    check_repo_id(repo_id, "--repo")
+    if not base_model:
+        raise PublishError(
+            "--base-model is missing: name the Hub repository of the model these files quantise (owner/name); "
+            "the card gives it as base_model, with base_model_relation: quantized"
+        )
+    check_repo_id(base_model, "--base-model")
     if not dry_run and api is None and not _token_available():
         raise PublishError("no Hugging Face token: set HF_TOKEN or run `hf auth login`, or use --dry-run")
     folder = Path(out_dir) if out_dir else Path("outputs") / "gguf" / repo_id.split("/")[-1]
     name = repo_id.split("/")[-1].removesuffix("-GGUF").removesuffix("-gguf")
     done = export(
-        checkpoint, folder, list(quants), name=name, threads=threads, pre_tokenizer=pre_tokenizer, progress=progress
+        checkpoint,
+        folder,
+        list(quants),
+        name=name,
+        text=text,
+        threads=threads,
+        pre_tokenizer=pre_tokenizer,
+        progress=progress,
     )
     print(verification_table(done.results))
     if done.failed and not skip_failed:
@@ -159,7 +230,7 @@ def publish(
         architecture=done.architecture,
         base_model=base_model,
         license=license,
-        verification_tokens=done.passed[0].tokens,
+        verification_tokens=done.passed[0].statistics.tokens,
         quantizer_notes=done.notes,
     )
     with atomic_path(folder / "README.md") as tmp:

@@ -95,7 +95,8 @@ def test_data_build_never_writes_the_token(secret, records, tmp_path, capsys):
 def test_publish_dry_run_never_writes_the_token(secret, records, tmp_path, capsys):
     model = make_tiny_qwen3(tmp_path)
     staging = tmp_path / "staging"
-    args = ["publish", str(model), "--repo", "me/Tiny-GGUF", "--quants", "Q8_0", "--out", str(staging)]
+    args = ["publish", str(model), "--repo", "me/Tiny-GGUF", "--base-model", "me/Tiny", "--quants", "Q8_0"]
+    args += ["--out", str(staging)]
     code = main([*args, "--dry-run", "--threads", "2"])
     captured = capsys.readouterr()
     assert code == 0, captured.err[-3000:]

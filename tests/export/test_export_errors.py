@@ -17,7 +17,17 @@ from tests.helpers import make_tiny_qwen3
 
 COMMANDS = {
     "export": lambda ckpt, out: ["export", str(ckpt), "--out", str(out), "--quants", "F16"],
-    "publish": lambda ckpt, out: ["publish", str(ckpt), "--repo", "me/tiny", "--out", str(out), "--dry-run"],
+    "publish": lambda ckpt, out: [
+        "publish",
+        str(ckpt),
+        "--repo",
+        "me/tiny",
+        "--base-model",
+        "me/base",
+        "--out",
+        str(out),
+        "--dry-run",
+    ],
 }
 
 

@@ -4,6 +4,8 @@ The Hub is replaced by a fake at the `HfApi` boundary that records what it is as
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 
@@ -70,21 +72,36 @@ def test_publish_uploads_the_verified_files_and_card(checkpoint, tmp_path):
     assert "| Tiny-Qwen3-Q4_K_M.gguf | Q4_K_M |" in card and "| pass |" in card
     assert 'Llama.from_pretrained(repo_id="someone/Tiny-Qwen3-GGUF", filename="Tiny-Qwen3-Q4_K_M.gguf")' in card
     assert "llama-cli -hf someone/Tiny-Qwen3-GGUF:Q4_K_M" in card
+    assert "ollama run hf.co/someone/Tiny-Qwen3-GGUF:Q4_K_M" in card
+    files_table = card.split("## Files")[1].split("##")[0]
+    # bits per weight: size over parameters, so F16 sits just above 16 and Q4_K_M well below it
+    bits = {row.split("|")[2].strip(): float(row.split("|")[4]) for row in files_table.splitlines() if ".gguf" in row}
+    assert 16 <= bits["F16"] < 16.5 and bits["Q4_K_M"] < 9
+    assert "KLD p99.9" in card and "same top" in card
 
 
 def test_a_failed_file_stops_publishing_unless_skipped(checkpoint, tmp_path, monkeypatch):
-    monkeypatch.setitem(verify_module.KL_BOUNDS, "Q4_K_M", 0.0)  # nothing can pass this
+    monkeypatch.setitem(verify_module.KLD_BOUNDS, "Q4_K_M", 0.0)  # nothing can pass this
     hub = FakeHub()
     with pytest.raises(
-        PublishError, match=r"Tiny-Q4_K_M.gguf \(KL .* exceeds the Q4_K_M bound 0\) failed verification"
+        PublishError, match=r"Tiny-Q4_K_M.gguf \(mean KLD .* exceeds the Q4_K_M bound 0\) failed verification"
     ):
-        publish(checkpoint, "me/Tiny-GGUF", quants=["Q4_K_M", "Q8_0"], out_dir=tmp_path, api=hub, progress=False)
+        publish(
+            checkpoint,
+            "me/Tiny-GGUF",
+            quants=["Q4_K_M", "Q8_0"],
+            out_dir=tmp_path,
+            base_model="me/Tiny",
+            api=hub,
+            progress=False,
+        )
     assert hub.calls == []
     plan = publish(
         checkpoint,
         "me/Tiny-GGUF",
         quants=["Q4_K_M", "Q8_0"],
         out_dir=tmp_path,
+        base_model="me/Tiny",
         api=hub,
         skip_failed=True,
         progress=False,
@@ -96,7 +113,16 @@ def test_a_failed_file_stops_publishing_unless_skipped(checkpoint, tmp_path, mon
 
 def test_dry_run_uploads_nothing_and_says_what_it_would(checkpoint, tmp_path):
     hub = FakeHub()
-    plan = publish(checkpoint, "me/Tiny-GGUF", quants=["Q8_0"], out_dir=tmp_path, dry_run=True, api=hub, progress=False)
+    plan = publish(
+        checkpoint,
+        "me/Tiny-GGUF",
+        quants=["Q8_0"],
+        out_dir=tmp_path,
+        base_model="me/Tiny",
+        dry_run=True,
+        api=hub,
+        progress=False,
+    )
     assert hub.calls == []
     text = plan.describe()
     assert text.startswith("would upload to https://huggingface.co/me/Tiny-GGUF:")
@@ -109,14 +135,34 @@ def test_no_token_is_refused_before_any_work(checkpoint, tmp_path, monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr(publish_module, "_token_available", lambda: False)
     with pytest.raises(PublishError, match="no Hugging Face token: set HF_TOKEN or run `hf auth login`"):
-        publish(checkpoint, "me/Tiny-GGUF", quants=["Q8_0"], out_dir=tmp_path)
+        publish(checkpoint, "me/Tiny-GGUF", quants=["Q8_0"], out_dir=tmp_path, base_model="me/Tiny")
     assert not tmp_path.exists() or list(tmp_path.iterdir()) == []
 
 
-def test_bad_arguments_are_named(checkpoint, tmp_path):
-    with pytest.raises(PublishError, match="owner/name"):
-        publish(checkpoint, "no-owner", dry_run=True)
+@pytest.mark.parametrize(
+    ("repo", "base_model", "message"),
+    [
+        ("no-owner", "me/Tiny", "--repo must be 'owner/name', not 'no-owner'"),
+        ("you/not a repo id", "me/Tiny", "--repo 'you/not a repo id' is not a valid Hub repository id"),
+        ("me/bad--name", "me/Tiny", "--repo 'me/bad--name' is not a valid Hub repository id"),
+        ("me/Tiny-GGUF", None, "--base-model is missing: name the Hub repository"),
+        ("me/Tiny-GGUF", "me/x y", "--base-model 'me/x y' is not a valid Hub repository id"),
+    ],
+)
+def test_a_bad_repo_id_is_refused_before_any_work_in_a_dry_run_too(
+    checkpoint, tmp_path, monkeypatch, repo, base_model, message
+):
+    def no_work(*args, **kwargs):
+        raise AssertionError("export ran before the arguments were checked")
+
+    monkeypatch.setattr(publish_module, "export", no_work)
+    with pytest.raises(PublishError, match=re.escape(message)):
+        publish(checkpoint, repo, base_model=base_model, out_dir=tmp_path / "out", dry_run=True)
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_arguments_are_named(tmp_path):
     with pytest.raises(PublishError, match="unknown quantisation"):
         parse_quants("Q4_K_M,Q2_K")
     with pytest.raises(ConversionError, match="is not a model folder"):
-        publish(tmp_path, "me/x", dry_run=True)
+        publish(tmp_path, "me/x", base_model="me/y", dry_run=True)
