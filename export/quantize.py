@@ -1,18 +1,27 @@
-"""Quantising an F16 GGUF to Q8_0, Q5_K_M or Q4_K_M with llama.cpp, through llama-cpp-python.
+"""Quantising an F16 GGUF to Q8_0, Q6_K, Q5_K_M or Q4_K_M with llama.cpp, through llama-cpp-python.
 
 The `gguf` package cannot produce K-quants, so this calls llama.cpp's own
-`llama_model_quantize`. It offers no progress callback; llama.cpp logs one
-line per tensor (`[ 12/ 272] name ...`), so progress is read from its log.
-K-quants need row lengths divisible by 256: in narrower models llama.cpp falls
-back to other types for some tensors (it says how many in its log, which is
-kept), so measure a file rather than assume its quality from its name.
+`llama_model_quantize`. It runs in a child process: the C call cannot be
+cancelled, and Python's Ctrl-C, raised inside llama.cpp's log callback, would
+be swallowed there while the quantiser ran on. The parent reads the child's
+progress, kills it on Ctrl-C or any error, and removes the partial file.
+
+llama.cpp offers no progress callback; it logs one line per tensor
+(`[ 12/ 272] name ...`), so progress is read from its log. K-quants need row
+lengths divisible by 256: in narrower models llama.cpp falls back to other
+types for some tensors (it says how many in its log, which is kept), so
+measure a file rather than assume its quality from its name.
 """
 
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -20,7 +29,7 @@ from tqdm.auto import tqdm
 from proofkd.core.io import atomic_path
 
 # llama.cpp's file types (llama_ftype), by the names proofkd publishes.
-FILE_TYPES = {"F16": 1, "Q8_0": 7, "Q4_K_M": 15, "Q5_K_M": 17}
+FILE_TYPES = {"F16": 1, "Q8_0": 7, "Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18}
 # ggml's error log level; with the fallback summary, the only lines worth keeping.
 _ERROR = 4
 _PROGRESS = re.compile(rb"\[\s*(\d+)/\s*(\d+)\]")
@@ -39,34 +48,77 @@ def quantize(
     progress: bool = True,
 ) -> tuple[Path, list[str]]:
     """Quantise the F16/BF16/F32 GGUF `source` to `quant`; return the path and llama.cpp's warnings."""
-    import llama_cpp
-    import llama_cpp._logger as llama_logging
-
     if quant not in FILE_TYPES or quant == "F16":
-        raise QuantizationError(f"quant must be one of Q8_0, Q5_K_M, Q4_K_M, not {quant!r}")
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.nthread = int(threads or os.cpu_count() or 1)
-    params.ftype = FILE_TYPES[quant]
+        choices = ", ".join(q for q in FILE_TYPES if q != "F16")
+        raise QuantizationError(f"quant must be one of {choices}, not {quant!r}")
+    final = Path(out_path)
     bar = tqdm(desc=f"quantising to {quant}", unit="tensor", disable=not progress, leave=False, mininterval=1)
     notes: list[str] = []
+    try:
+        with atomic_path(final) as tmp:
+            code = _run_child([str(source), str(tmp), quant, str(int(threads or os.cpu_count() or 1))], bar, notes)
+            if code != 0 or not tmp.is_file():
+                raise QuantizationError(f"llama.cpp could not quantise {source} to {quant}: {' | '.join(notes)}")
+    finally:
+        bar.close()
+    return final, notes
+
+
+def _child_command(arguments: list[str]) -> list[str]:
+    return [sys.executable, "-m", "proofkd.export.quantize", *arguments]
+
+
+def _run_child(arguments: list[str], bar: tqdm, notes: list[str]) -> int:
+    """Run the quantiser in a child process, following its progress; kill it if this process is interrupted."""
+    child = subprocess.Popen(_child_command(arguments), stdout=subprocess.PIPE, text=True)
+    try:
+        for line in child.stdout:
+            message = json.loads(line)
+            if "note" in message:
+                notes.append(message["note"])
+            else:
+                bar.total = message["total"]
+                bar.update(message["done"] - bar.n)
+        return child.wait()
+    except BaseException:
+        child.kill()
+        child.wait()
+        raise
+
+
+def _quantize_here(source: str, out: str, quant: str, threads: int) -> int:
+    """The child's work: call llama.cpp, printing progress and notes as JSON lines."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.nthread = threads
+    params.ftype = FILE_TYPES[quant]
+
+    def say(message: dict) -> None:
+        print(json.dumps(message), flush=True)
 
     @llama_cpp.llama_log_callback
     def on_log(level, text, user_data):
         match = _PROGRESS.search(text or b"")
         if match:
-            bar.total = int(match.group(2))
-            bar.update(int(match.group(1)) - bar.n)
+            say({"done": int(match.group(1)), "total": int(match.group(2))})
         elif b"required fallback quantization" in (text or b"") or level == _ERROR:
-            notes.append(text.decode("utf-8", "replace").strip())
+            say({"note": text.decode("utf-8", "replace").strip()})
 
-    final = Path(out_path)
     llama_cpp.llama_log_set(on_log, ctypes.c_void_p(0))
-    try:
-        with atomic_path(final) as tmp:
-            code = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params))
-            if code != 0 or not tmp.is_file():
-                raise QuantizationError(f"llama.cpp could not quantise {source} to {quant}: {' | '.join(notes)}")
-    finally:
-        llama_cpp.llama_log_set(llama_logging.llama_log_callback, ctypes.c_void_p(0))
-        bar.close()
-    return final, notes
+    return llama_cpp.llama_model_quantize(source.encode(), out.encode(), ctypes.byref(params))
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to kill this child when its parent dies, so a killed export leaves no quantiser running."""
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+if __name__ == "__main__":
+    # Ctrl-C ends the child at once; the parent sees it and cleans up.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    _die_with_parent()
+    source_path, out_file, file_type, thread_count = sys.argv[1:5]
+    sys.exit(1 if _quantize_here(source_path, out_file, file_type, int(thread_count)) else 0)
