@@ -116,13 +116,14 @@ def _check_destination_and_device(out: str, device: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the evaluation; 0 on success, 2 when the command line names something that is not there.
+    """Run the evaluation; 0 on success, 1 when a model failed (the others are in the report), 2 when the
+    command line names something that is not there.
 
     Only those errors become a one-line message; anything else keeps its traceback.
     """
     from proofkd.evals.data import MissingEvalSplitError
     from proofkd.evals.models import EvalSetupError, parse_model_spec, with_tokenizers
-    from proofkd.evals.report import run_side_by_side
+    from proofkd.evals.report import ModelRunError, run_side_by_side
 
     try:
         _check_destination_and_device(args.out, args.device)
@@ -147,4 +148,7 @@ def run(args: argparse.Namespace) -> int:
     except (EvalSetupError, MissingEvalSplitError) as error:
         print(f"proofkd eval: {error}", file=sys.stderr)
         return 2
+    except ModelRunError as error:
+        print(f"proofkd eval: {error}", file=sys.stderr)
+        return 1
     return 0

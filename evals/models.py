@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from proofkd.core import embedded
+from proofkd.export.gguf_file import GGUFFileError, read_gguf
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -86,6 +87,10 @@ def _tokenizer_folder(spec: ModelSpec) -> Path:
 
 
 def _gguf_model_args(spec: ModelSpec, path: Path) -> dict[str, str]:
+    try:
+        read_gguf(path)
+    except GGUFFileError as error:
+        raise ModelSpecError(f"model {spec.name!r}: {error}") from None
     folder = path.parent
     if spec.tokenizer:
         tokenizer = _tokenizer_folder(spec)

@@ -26,8 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from proofkd.core.io import atomic_path
+from proofkd.core.logs import get_logger
 from proofkd.evals import TASKS_DIR
 from proofkd.evals.models import EvalSetupError, ModelSpec, ModelSpecError, model_args
+
+LOG = get_logger(__name__)
+
+
+class ModelRunError(RuntimeError):
+    """One or more models failed while the others ran; the report holds the others."""
 
 
 class UnknownTaskError(EvalSetupError):
@@ -342,21 +349,28 @@ def run_side_by_side(
     out_dir = Path(out_dir)
     gen_kwargs = {"max_gen_toks": max_gen_toks} if max_gen_toks else None
     results: dict[str, dict] = {}
+    failures: dict[str, str] = {}
     for i, model in enumerate(models, 1):
         log(f"[{i}/{len(models)}] {model.name}: evaluating {all_args[model.name]['pretrained']} on {', '.join(tasks)}")
         started = time.monotonic()
-        results[model.name] = evaluate_model(
-            model,
-            all_args[model.name],
-            tasks,
-            manager,
-            out_dir,
-            limit=limit,
-            device=device,
-            batch_size=batch_size,
-            gen_kwargs=gen_kwargs,
-            chat_template_tasks=chat_template_tasks,
-        )
+        try:
+            results[model.name] = evaluate_model(
+                model,
+                all_args[model.name],
+                tasks,
+                manager,
+                out_dir,
+                limit=limit,
+                device=device,
+                batch_size=batch_size,
+                gen_kwargs=gen_kwargs,
+                chat_template_tasks=chat_template_tasks,
+            )
+        except Exception as error:  # one model's failure must not cost the others' results
+            LOG.exception("model %s failed", model.name)
+            failures[model.name] = f"{type(error).__name__}: {error}"
+            log(f"[{i}/{len(models)}] {model.name}: FAILED ({failures[model.name]}); going on with the others")
+            continue
         elapsed = time.monotonic() - started
         log(f"[{i}/{len(models)}] {model.name}: done in {elapsed:.0f} s, logs in {out_dir / model.name}")
     settings = {
@@ -369,6 +383,13 @@ def run_side_by_side(
         "batch size": str(batch_size),
         "threads": str(threads) if threads else "torch default",
     }
+    if failures:
+        settings["failed"] = "; ".join(f"{name} ({reason})" for name, reason in failures.items())
     paths = write_report(results, models, out_dir, settings)
     log(f"report: {paths[0]} and {paths[1]}")
+    if failures:
+        raise ModelRunError(
+            f"{', '.join(failures)} failed (the traceback is above; their cells read n/a); "
+            f"the report of the others is in {paths[0]}"
+        )
     return paths

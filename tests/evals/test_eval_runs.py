@@ -99,3 +99,30 @@ def test_the_report_compares_a_teacher_its_gguf_and_a_student(smollm2, tmp_path,
     assert [line.split(":")[0] for line in lines[:6]] == [
         f"[{i}/3] {name}" for i, name in enumerate(names, 1) for _ in "ab"
     ]
+
+
+def test_a_failing_model_keeps_the_others_results_and_the_report(smollm2, tmp_path, monkeypatch, capsys):
+    from proofkd.cli import main
+
+    real = report.evaluate_model
+
+    def breaks_on_the_second(spec, *args, **kwargs):
+        if spec.name == "broken":
+            raise RuntimeError("the model ran out of memory")
+        return real(spec, *args, **kwargs)
+
+    monkeypatch.setattr(report, "evaluate_model", breaks_on_the_second)
+    out = tmp_path / "out"
+    models = ["--model", f"broken={smollm2}", "--model", f"teacher={smollm2}"]
+    code = main(["eval", *models, "--tasks", "proofkd_legal_mc", "--limit", str(LIMIT), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert (
+        f"proofkd eval: broken failed (the traceback is above; their cells read n/a); the report of the others is in {out / 'report.md'}"
+        in err
+    )
+    table = (out / "report.md").read_text()
+    assert "failed: broken (RuntimeError: the model ran out of memory)" in table
+    row = next(line for line in table.splitlines() if line.startswith("| proofkd_legal_mc | acc |"))
+    assert row.split("|")[4].strip() == "n/a" and row.split("|")[5].strip() != "n/a"
+    assert list((out / "teacher").glob("results_*.json")) and not (out / "broken").exists()
