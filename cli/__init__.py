@@ -130,6 +130,8 @@ def _export(args: argparse.Namespace) -> int:
             args.out,
             parse_quants(args.quants),
             text=verify.read_text_option(args.text),
+            imatrix=not args.no_imatrix,
+            calibration=args.calibration,
             threads=args.threads,
             pre_tokenizer=args.pre_tokenizer,
         )
@@ -156,6 +158,8 @@ def _publish(args: argparse.Namespace) -> int:
             base_model=args.base_model,
             license=args.license,
             text=verify.read_text_option(args.text),
+            imatrix=not args.no_imatrix,
+            calibration=args.calibration,
             threads=args.threads,
             pre_tokenizer=args.pre_tokenizer,
         )
@@ -296,9 +300,19 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("checkpoint", help="an HF model folder (or a proofkd: reference)")
         sub.add_argument(
-            "--quants", default=quants, help=f"comma-separated: F16, Q8_0, Q6_K, Q5_K_M, Q4_K_M (default {quants})"
+            "--quants",
+            default=quants,
+            help=f"comma-separated: F16, Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_K_S, Q3_K_M, IQ4_XS (default {quants})",
         )
         verify.add_text_option(sub)
+        sub.add_argument(
+            "--calibration",
+            default=None,
+            help="UTF-8 file of training text for the importance matrix (default: training-split Stage-1 problems)",
+        )
+        sub.add_argument(
+            "--no-imatrix", action="store_true", help="quantise without an importance matrix (it is tried by default)"
+        )
         sub.add_argument("--threads", type=int, default=None, help="threads for quantising and verifying")
         sub.add_argument("--pre-tokenizer", default=None, help="llama.cpp pre-tokenizer name, if detection fails")
         if name == "export":

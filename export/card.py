@@ -13,7 +13,10 @@ QUANT_NOTES = {
     "Q8_0": "8-bit: near-lossless, about half the size of F16",
     "Q6_K": "6-bit K-quant: close to Q8_0 in quality, smaller",
     "Q5_K_M": "5-bit K-quant, medium: a good balance of size and quality",
-    "Q4_K_M": "4-bit K-quant, medium: the smallest; the usual choice for laptops and phones",
+    "Q4_K_M": "4-bit K-quant, medium: the usual choice for laptops and phones",
+    "Q4_K_S": "4-bit K-quant, small: a little smaller than Q4_K_M, a little further from the original",
+    "IQ4_XS": "4-bit i-quant: about Q4_K_S's quality in less space",
+    "Q3_K_M": "3-bit K-quant, medium: for the tightest memory; noticeably further from the original",
 }
 
 
@@ -26,11 +29,13 @@ def model_card(
     license: str | None = None,
     verification_tokens: int | None = None,
     quantizer_notes: dict[str, list[str]] | None = None,
+    imatrix: tuple[str, str, list[str]] | None = None,
 ) -> ModelCard:
     """A card for `repo_id` listing `results` (only files that passed are meant to be in it).
 
     `quantizer_notes` are llama.cpp's summaries per type; a fallback (rows not a
     multiple of 256) is stated under the files, since it changes what a K-quant holds.
+    `imatrix` is (file, calibration data, types quantised with it), named under the files.
     """
     data = ModelCardData(
         base_model=base_model,
@@ -67,6 +72,14 @@ def model_card(
     ]
     if fallbacks:
         lines += ["", *fallbacks]
+    if imatrix:
+        file, calibration, types = imatrix
+        lines += [
+            "",
+            f"{', '.join(types)} were quantised with an importance matrix computed from the original model on "
+            f"{calibration}; it is included as `{file}` (llama.cpp's GGUF imatrix format, for `llama-quantize "
+            "--imatrix`).",
+        ]
     lines += [
         "",
         "## How each file was checked",

@@ -1,4 +1,5 @@
-"""Quantising an F16 GGUF to Q8_0, Q6_K, Q5_K_M or Q4_K_M with llama.cpp, through llama-cpp-python.
+"""Quantising an F16 GGUF with llama.cpp (Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_K_S, Q3_K_M, IQ4_XS), optionally
+weighed by an importance matrix (`proofkd.export.imatrix`), through llama-cpp-python.
 
 The `gguf` package cannot produce K-quants, so this calls llama.cpp's own
 `llama_model_quantize`. It runs in a child process: the C call cannot be
@@ -29,7 +30,7 @@ from tqdm.auto import tqdm
 from proofkd.core.io import atomic_path
 
 # llama.cpp's file types (llama_ftype), by the names proofkd publishes.
-FILE_TYPES = {"F16": 1, "Q8_0": 7, "Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18}
+FILE_TYPES = {"F16": 1, "Q8_0": 7, "Q3_K_M": 12, "Q4_K_S": 14, "Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18, "IQ4_XS": 30}
 # ggml's error log level; with the fallback summary, the only lines worth keeping.
 _ERROR = 4
 _PROGRESS = re.compile(rb"\[\s*(\d+)/\s*(\d+)\]")
@@ -44,10 +45,12 @@ def quantize(
     out_path: str | Path,
     quant: str,
     *,
+    imatrix: str | Path | None = None,
     threads: int | None = None,
     progress: bool = True,
 ) -> tuple[Path, list[str]]:
-    """Quantise the F16/BF16/F32 GGUF `source` to `quant`; return the path and llama.cpp's warnings."""
+    """Quantise the F16/BF16/F32 GGUF `source` to `quant`, weighing errors by the GGUF `imatrix` file if given;
+    return the path and llama.cpp's warnings."""
     if quant not in FILE_TYPES or quant == "F16":
         choices = ", ".join(q for q in FILE_TYPES if q != "F16")
         raise QuantizationError(f"quant must be one of {choices}, not {quant!r}")
@@ -56,7 +59,8 @@ def quantize(
     notes: list[str] = []
     try:
         with atomic_path(final) as tmp:
-            code = _run_child([str(source), str(tmp), quant, str(int(threads or os.cpu_count() or 1))], bar, notes)
+            arguments = [str(source), str(tmp), quant, str(int(threads or os.cpu_count() or 1)), str(imatrix or "")]
+            code = _run_child(arguments, bar, notes)
             if code != 0 or not tmp.is_file():
                 raise QuantizationError(f"llama.cpp could not quantise {source} to {quant}: {' | '.join(notes)}")
     finally:
@@ -86,13 +90,16 @@ def _run_child(arguments: list[str], bar: tqdm, notes: list[str]) -> int:
         raise
 
 
-def _quantize_here(source: str, out: str, quant: str, threads: int) -> int:
+def _quantize_here(source: str, out: str, quant: str, threads: int, imatrix: str) -> int:
     """The child's work: call llama.cpp, printing progress and notes as JSON lines."""
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.nthread = threads
     params.ftype = FILE_TYPES[quant]
+    entries, buffers = _imatrix_entries(imatrix) if imatrix else (None, [])
+    if entries is not None:
+        params.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
 
     def say(message: dict) -> None:
         print(json.dumps(message), flush=True)
@@ -106,7 +113,29 @@ def _quantize_here(source: str, out: str, quant: str, threads: int) -> int:
             say({"note": text.decode("utf-8", "replace").strip()})
 
     llama_cpp.llama_log_set(on_log, ctypes.c_void_p(0))
-    return llama_cpp.llama_model_quantize(source.encode(), out.encode(), ctypes.byref(params))
+    code = llama_cpp.llama_model_quantize(source.encode(), out.encode(), ctypes.byref(params))
+    del entries, buffers  # read by the quantiser until here
+    return code
+
+
+def _imatrix_entries(path: str):
+    """The imatrix as the null-terminated array of `llama_model_imatrix_data` the quantiser reads, and the
+    buffers its pointers point into (to be kept alive while it reads them)."""
+    import llama_cpp
+    import numpy as np
+
+    from .imatrix import read_imatrix_values
+
+    values = read_imatrix_values(path)
+    entries = (llama_cpp.llama_model_imatrix_data * (len(values) + 1))()
+    buffers = []
+    for entry, (name, column_values) in zip(entries, values.items(), strict=False):
+        buffer = np.ascontiguousarray(column_values, dtype=np.float32)
+        buffers.append(buffer)
+        entry.name = name.encode()
+        entry.data = buffer.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        entry.size = buffer.size
+    return entries, buffers
 
 
 def _die_with_parent() -> None:
@@ -120,5 +149,5 @@ if __name__ == "__main__":
     # Ctrl-C ends the child at once; the parent sees it and cleans up.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     _die_with_parent()
-    source_path, out_file, file_type, thread_count = sys.argv[1:5]
-    sys.exit(1 if _quantize_here(source_path, out_file, file_type, int(thread_count)) else 0)
+    source_path, out_file, file_type, thread_count, imatrix_file = sys.argv[1:6]
+    sys.exit(1 if _quantize_here(source_path, out_file, file_type, int(thread_count), imatrix_file) else 0)

@@ -77,7 +77,7 @@ def test_after_a_killed_export_the_next_run_leaves_no_partial_file(tmp_path):
     assert partial_files() == [] and done.results[0].passed
     report = json.loads((out / "verification.json").read_text())
     listed = {entry["file"] for entry in report["files"]} | set(report["unverified"])
-    assert listed == {p.name for p in out.glob("*.gguf")}
+    assert listed == {p.name for p in out.glob("model-*.gguf")}
     assert {entry["file"] for entry in report["files"]} >= {"model-Q8_0.gguf"}
 
 
@@ -92,7 +92,7 @@ def test_verification_json_keeps_an_earlier_runs_unchanged_files_and_drops_missi
     report = json.loads((out / "verification.json").read_text())
     assert [entry["file"] for entry in report["files"]] == ["tiny-F16.gguf", "tiny-Q8_0.gguf"]
     assert report["unverified"] == ["tiny-Q5_K_M.gguf"]
-    assert sorted(p.name for p in out.glob("*.gguf")) == ["tiny-F16.gguf", "tiny-Q5_K_M.gguf", "tiny-Q8_0.gguf"]
+    assert sorted(p.name for p in out.glob("tiny-*.gguf")) == ["tiny-F16.gguf", "tiny-Q5_K_M.gguf", "tiny-Q8_0.gguf"]
 
 
 def test_an_earlier_entry_is_dropped_when_its_file_changed(tmp_path):

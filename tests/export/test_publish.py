@@ -4,6 +4,7 @@ The Hub is replaced by a fake at the `HfApi` boundary that records what it is as
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -58,7 +59,10 @@ def test_publish_uploads_the_verified_files_and_card(checkpoint, tmp_path):
         api=hub,
         progress=False,
     )
-    assert plan.files == ["Tiny-Qwen3-Q4_K_M.gguf", "Tiny-Qwen3-F16.gguf", "README.md"]
+    report = json.loads((tmp_path / "verification.json").read_text())
+    # The importance matrix is published when the file kept for Q4_K_M was quantised with it.
+    weighted = ["Tiny-Qwen3.imatrix.gguf"] if report["imatrix"]["types"] == ["Q4_K_M"] else []
+    assert plan.files == ["Tiny-Qwen3-Q4_K_M.gguf", "Tiny-Qwen3-F16.gguf", *weighted, "README.md"]
     (name, create), (name2, upload) = hub.calls
     assert (name, name2) == ("create_repo", "upload_folder")
     assert create == {"repo_id": "someone/Tiny-Qwen3-GGUF", "repo_type": "model", "private": False, "exist_ok": True}
@@ -66,6 +70,7 @@ def test_publish_uploads_the_verified_files_and_card(checkpoint, tmp_path):
     assert "Q4_K_M, F16" in upload["commit_message"]
     assert plan.url.endswith("/commit/abc")
     card = (tmp_path / "README.md").read_text()
+    assert ("`Tiny-Qwen3.imatrix.gguf`" in card) == bool(weighted)
     meta = front_matter(card)
     assert meta["base_model"] == "someone/Tiny-Qwen3" and meta["base_model_relation"] == "quantized"
     assert {"gguf", "llama.cpp", "qwen3"} <= set(meta["tags"]) and meta["license"] == "apache-2.0"
@@ -75,7 +80,11 @@ def test_publish_uploads_the_verified_files_and_card(checkpoint, tmp_path):
     assert "ollama run hf.co/someone/Tiny-Qwen3-GGUF:Q4_K_M" in card
     files_table = card.split("## Files")[1].split("##")[0]
     # bits per weight: size over parameters, so F16 sits just above 16 and Q4_K_M well below it
-    bits = {row.split("|")[2].strip(): float(row.split("|")[4]) for row in files_table.splitlines() if ".gguf" in row}
+    bits = {
+        row.split("|")[2].strip(): float(row.split("|")[4])
+        for row in files_table.splitlines()
+        if row.startswith("| ") and ".gguf" in row
+    }
     assert 16 <= bits["F16"] < 16.5 and bits["Q4_K_M"] < 9
     assert "KLD p99.9" in card and "same top" in card
 
@@ -106,8 +115,8 @@ def test_a_failed_file_stops_publishing_unless_skipped(checkpoint, tmp_path, mon
         skip_failed=True,
         progress=False,
     )
-    assert plan.files == ["Tiny-Q8_0.gguf", "README.md"]
-    assert hub.calls[1][1]["allow_patterns"] == ["Tiny-Q8_0.gguf", "README.md"]
+    assert plan.files == ["Tiny-Q8_0.gguf", "README.md"]  # no published file used the importance matrix
+    assert hub.calls[1][1]["allow_patterns"] == plan.files
     assert "Q4_K_M" not in (tmp_path / "README.md").read_text().split("## Use")[0].split("## Files")[1]
 
 
@@ -129,6 +138,7 @@ def test_dry_run_uploads_nothing_and_says_what_it_would(checkpoint, tmp_path):
     assert "Tiny-Q8_0.gguf" in text and "README.md" in text
     # F16 was only the source of the quantised file: it is not left behind
     assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "Tiny-Q8_0.gguf", "verification.json"]
+    # Q8_0 takes no importance matrix, so none was computed
 
 
 def test_no_token_is_refused_before_any_work(checkpoint, tmp_path, monkeypatch):

@@ -137,6 +137,9 @@ def test_a_faithful_file_passes_and_a_departing_greedy_output_fails(tiny):
     assert "greedy output departs from the HF model's at token 3 (the HF model prefers its own token by 1.00 nats)" in (
         result.problems
     )
+    # Judged as a 4-bit file, only its first token is held: parting at the third is reported, not failed.
+    result = verify(f16, departed, quant="Q4_K_M", threads=2)
+    assert result.passed and result.greedy.describe() == "parts at 3/32 (after the 1 held, 1.00 nats)"
     # The same parting at a near tie is no departure: the comparison just ends there.
     logits[step, other] = logits[step, theirs] + TIE_NATS / 2
     tie = dataclasses.replace(departed, greedy_logits=logits)
