@@ -1,12 +1,11 @@
 """The models of a side-by-side evaluation: `NAME=SPEC` arguments, checked and turned into lm-eval model arguments.
 
 SPEC is an HF checkpoint folder, a `proofkd:` reference (built in the cache
-by `proofkd.core.embedded`), or a `.gguf` file, which lm-eval's `hf` model reads
-with `gguf_file=` (dequantised into torch). A GGUF needs the model's HF
-tokenizer files beside it or named with `::tokenizer=<hf folder>`: the
-tokenizer transformers reads from a llama GGUF mislabels its end-of-sequence
-token. Everything is checked before any model loads, and each error names
-the model and the fix.
+by `proofkd.core.embedded`), both run by lm-eval's `hf` model, or a `.gguf`
+file, run by llama.cpp (`proofkd.evals.llama_cpp_lm`); an HF tokenizer beside
+it or named with `::tokenizer=<hf folder>` gives its chat template. Everything
+is checked before any model loads, and each error names the model and the
+fix.
 """
 
 from __future__ import annotations
@@ -87,23 +86,21 @@ def _tokenizer_folder(spec: ModelSpec) -> Path:
 
 
 def _gguf_model_args(spec: ModelSpec, path: Path) -> dict[str, str]:
+    """The arguments of `LlamaCppLM`: the file, and an HF tokenizer for chat templates when there is one."""
     try:
         read_gguf(path)
     except GGUFFileError as error:
         raise ModelSpecError(f"model {spec.name!r}: {error}") from None
-    folder = path.parent
+    args = {"pretrained": str(path)}
     if spec.tokenizer:
-        tokenizer = _tokenizer_folder(spec)
-    elif _has_tokenizer(folder):
-        tokenizer = folder
-    else:
-        raise ModelSpecError(
-            f"model {spec.name!r}: the folder of {path.name} ({folder}) has no tokenizer files, and the tokenizer "
-            f"transformers reads from a GGUF can mislabel its end-of-sequence token (it does for llama files). "
-            f"Name the model's HF tokenizer with {spec.name}={path}::tokenizer=<hf folder> "
-            f"or --tokenizer {spec.name}=<hf folder>"
-        )
-    return {"pretrained": str(folder), "gguf_file": path.name, "tokenizer": str(tokenizer)}
+        args["tokenizer"] = str(_tokenizer_folder(spec))
+    elif _has_tokenizer(path.parent):
+        args["tokenizer"] = str(path.parent)
+    return args
+
+
+def is_gguf(spec: ModelSpec) -> bool:
+    return spec.location.lower().endswith(".gguf")
 
 
 def model_args(spec: ModelSpec, dtype: str) -> dict[str, str]:
@@ -120,8 +117,8 @@ def model_args(spec: ModelSpec, dtype: str) -> dict[str, str]:
                 f"model {spec.name!r}: {path} does not exist; SPEC is an HF checkpoint folder, "
                 f"a proofkd: reference or a .gguf file (download Hub models to a folder first)"
             )
-        if path.suffix.lower() == ".gguf":
-            return {**_gguf_model_args(spec, path), "dtype": dtype}
+        if is_gguf(spec):
+            return _gguf_model_args(spec, path)
         if not (path / "config.json").is_file():
             raise ModelSpecError(f"model {spec.name!r}: {path} is not an HF checkpoint folder (it has no config.json)")
         args = {"pretrained": str(path)}

@@ -28,7 +28,7 @@ from pathlib import Path
 from proofkd.core.io import atomic_path
 from proofkd.core.logs import get_logger
 from proofkd.evals import TASKS_DIR
-from proofkd.evals.models import EvalSetupError, ModelSpec, ModelSpecError, model_args
+from proofkd.evals.models import EvalSetupError, ModelSpec, ModelSpecError, is_gguf, model_args
 
 LOG = get_logger(__name__)
 
@@ -163,7 +163,12 @@ def evaluate_model(
     """
     from lm_eval.api.registry import get_model
 
-    lm = get_model("hf").create_from_arg_obj(args, {"device": device, "batch_size": batch_size})
+    if is_gguf(spec):
+        from proofkd.evals.llama_cpp_lm import LlamaCppLM
+
+        lm = LlamaCppLM.create_from_arg_obj(args)
+    else:
+        lm = get_model("hf").create_from_arg_obj(args, {"device": device, "batch_size": batch_size})
     options = {"limit": limit, "device": device, "batch_size": batch_size, "gen_kwargs": gen_kwargs or None}
     templated = list(chat_template_tasks or [])
     passes = [([t for t in tasks if t not in templated], False), (templated, True)]

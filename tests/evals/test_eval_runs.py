@@ -90,10 +90,11 @@ def test_the_report_compares_a_teacher_its_gguf_and_a_student(smollm2, tmp_path,
         logged[model] = [json.loads(line) for line in samples.read_text().splitlines()]
         assert len(logged[model]) == LIMIT and all(0 <= s["acc"] <= 1 for s in logged[model])
         assert list((out / model).glob("results_*.json"))
-    # The GGUF, dequantised, is the teacher's weights: the same log-likelihood for every option.
+    # The teacher's weights are this GGUF's, dequantised; llama.cpp runs them on its own kernels (with
+    # activations rounded to 8 bits), so each option's log-likelihood moves a little, not its order.
     for ours, theirs in zip(logged["teacher"], logged["teacher-gguf"], strict=True):
         for (a, _), (b, _) in zip(ours["filtered_resps"], theirs["filtered_resps"], strict=True):
-            assert float(a) == pytest.approx(float(b), abs=1e-3)
+            assert float(a) == pytest.approx(float(b), abs=0.25)
     rows = json.loads((out / "report.json").read_text())["rows"]
     assert all(set(row["values"]) == set(names) for row in rows)
     assert [line.split(":")[0] for line in lines[:6]] == [
@@ -126,3 +127,26 @@ def test_a_failing_model_keeps_the_others_results_and_the_report(smollm2, tmp_pa
     row = next(line for line in table.splitlines() if line.startswith("| proofkd_legal_mc | acc |"))
     assert row.split("|")[4].strip() == "n/a" and row.split("|")[5].strip() != "n/a"
     assert list((out / "teacher").glob("results_*.json")) and not (out / "broken").exists()
+
+
+def test_an_f16_gguf_in_llama_cpp_scores_as_the_hf_model(smollm2, tmp_path, monkeypatch):
+    """llama.cpp's kernels on an F16 export: each option's log-likelihood within 0.02 nats of the HF model's
+    in float32, the same choices, and the same greedy answers."""
+    from proofkd.export.convert import convert
+
+    monkeypatch.chdir(tmp_path)
+    f16 = convert(smollm2, tmp_path / "smollm2-F16.gguf", progress=False)
+    models = [ModelSpec("hf", str(smollm2)), ModelSpec("f16", str(f16))]
+    tasks = ["proofkd_legal_mc", "proofkd_stem_synthetic"]
+    report.run_side_by_side(models, tasks, "out", limit=3, max_gen_toks=32, log=lambda line: None)
+
+    def samples(model, task):
+        (path,) = (tmp_path / "out" / model).glob(f"samples_{task}_*.jsonl")
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    for ours, theirs in zip(samples("hf", tasks[0]), samples("f16", tasks[0]), strict=True):
+        assert ours["acc"] == theirs["acc"]
+        for (a, _), (b, _) in zip(ours["filtered_resps"], theirs["filtered_resps"], strict=True):
+            assert float(a) == pytest.approx(float(b), abs=0.02)
+    for ours, theirs in zip(samples("hf", tasks[1]), samples("f16", tasks[1]), strict=True):
+        assert ours["resps"] == theirs["resps"] and ours["resps"][0][0].strip()
