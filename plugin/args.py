@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from proofkd.core import embedded
 from proofkd.core.devices import missing_device_reason
+from proofkd.core.io import unwritable_reason
 from proofkd.core.templates import FINAL_ANSWER_MARKER, PROOF_MARKER
 from proofkd.plugin.loss.divergences import DIVERGENCES, get_divergence
 
@@ -176,7 +177,7 @@ class ProofKDArgs(TeacherArgs):
     @classmethod
     def _whole_config(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            _raise_if(_unknown_keys(cls, data) + _stage1_problems(data))
+            _raise_if(_unknown_keys(cls, data) + _stage1_problems(data) + output_dir_problems(data))
         return data
 
 
@@ -227,7 +228,7 @@ class OPDArgs(TeacherArgs):
     @classmethod
     def _whole_config(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            _raise_if(_unknown_keys(cls, data) + _opd_problems(data))
+            _raise_if(_unknown_keys(cls, data) + _opd_problems(data) + output_dir_problems(data))
         return data
 
 
@@ -380,6 +381,14 @@ def teacher_path_problems(name: str) -> list[str]:
             "fix the path, or name the teacher's Hub id"
         ]
     return []
+
+
+def output_dir_problems(cfg: dict) -> list[str]:
+    """An output_dir the run could not save its checkpoints in, refused before any model loads rather than at
+    the first save."""
+    output_dir = cfg.get("output_dir")
+    reason = unwritable_reason(output_dir, "output_dir") if output_dir else None
+    return [f"output_dir {output_dir}: {reason}"] if reason else []
 
 
 def _teacher_device_problems(device: str) -> list[str]:

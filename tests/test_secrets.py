@@ -1,9 +1,9 @@
 """A Hugging Face token planted where a user keeps one never shows up in anything proofkd writes or says.
 
 The token sits in `HF_TOKEN` and in a stored login (`$HF_HOME/token` and
-`stored_tokens`, pointed at a temporary folder). `proofkd publish --dry-run`
-on a tiny model and `proofkd data build` then run in process, through the
-command line, and the test searches their stdout, stderr, every log record
+`stored_tokens`, pointed at a temporary folder). `proofkd publish --dry-run`,
+`proofkd eval` and `proofkd verify` on a tiny model and `proofkd data build`
+then run in process, through the command line, and the test searches their stdout, stderr, every log record
 (of any logger, at any level) and every byte of every file written under
 their output and staging folders.
 """
@@ -102,3 +102,21 @@ def test_publish_dry_run_never_writes_the_token(secret, records, tmp_path, capsy
     assert code == 0, captured.err[-3000:]
     assert "would upload to https://huggingface.co/me/Tiny-GGUF" in captured.out
     assert assert_nowhere(secret, captured, records, staging, model) >= 3
+
+
+@pytest.mark.slow
+def test_eval_and_verify_never_write_the_token(secret, records, tmp_path, capsys):
+    from proofkd.export.convert import convert
+
+    model = make_tiny_qwen3(tmp_path)
+    f16 = convert(model, tmp_path / "gguf" / "tiny-F16.gguf", progress=False)
+    out = tmp_path / "eval"
+    models = ["--model", f"hf={model}", "--model", f"gguf={f16}"]
+    code = main(["eval", *models, "--tasks", "proofkd_legal_mc", "--limit", "2", "--out", str(out)])
+    assert code == 0
+    figures = tmp_path / "verify" / "figures.json"
+    code = main(["verify", str(f16), "--reference", str(model), "--window", "64", "--json", str(figures)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-3000:]
+    assert "| tiny-F16.gguf | F16 |" in captured.out
+    assert assert_nowhere(secret, captured, records, out, tmp_path / "gguf", figures.parent) >= 8

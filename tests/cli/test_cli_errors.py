@@ -112,3 +112,18 @@ def test_teacher_cache_refuses_a_recipe_it_cannot_use(files, capsys, recipe, mes
     assert sorted(p.name for p in files.iterdir()) == sorted(
         ["notes.txt", "broken.yml", "empty.yml", "latin.yml", "a_list.yml", "no_teacher.yml", "folder"]
     )
+
+
+def test_an_unwritable_output_is_refused_by_quickstart_and_eval_before_any_work(files, capsys, monkeypatch):
+    """Root ignores permissions, so the refusal is checked through `os.access`."""
+    import os
+
+    locked = files / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if str(path) == str(locked) else real_access(path, mode))
+    line = refused(capsys, ["quickstart", "--output-dir", str(locked / "run")])
+    assert "is not writable by this user. Pass an --output-dir you can write to" in line
+    line = refused(capsys, ["eval", "--model", SMALL, "--out", str(locked / "eval")])
+    assert "is not writable by this user. Pass an --out you can write to" in line
+    assert list(locked.iterdir()) == []

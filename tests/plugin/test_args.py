@@ -250,3 +250,18 @@ def test_a_run_from_a_teacher_cache_does_not_need_the_teacher_folder(tmp_path):
     with pytest.raises(Exception, match="no folder .* exists here"):
         validate(proofkd_teacher=missing)
     assert validate(proofkd_teacher=missing, proofkd_teacher_cache=str(tmp_path / "cache")).proofkd_teacher == missing
+
+
+def test_an_output_dir_that_cannot_be_written_is_refused_at_validation(tmp_path, monkeypatch):
+    import os
+
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(Exception, match=r"output_dir .*notes.txt/run: .*notes.txt is a file, not a folder"):
+        validate(output_dir=str(tmp_path / "notes.txt" / "run"))
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if str(path) == str(locked) else real_access(path, mode))
+    with pytest.raises(Exception, match="is not writable by this user. Pass an output_dir you can write to"):
+        validate(output_dir=str(locked / "run"))
+    assert validate(output_dir=str(tmp_path / "fine" / "run")).output_dir.endswith("fine/run")
