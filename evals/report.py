@@ -353,6 +353,16 @@ def run_side_by_side(
         torch.set_num_threads(threads)
     out_dir = Path(out_dir)
     gen_kwargs = {"max_gen_toks": max_gen_toks} if max_gen_toks else None
+    settings = {
+        "tasks": ",".join(tasks),
+        "limit": str(limit) if limit is not None else "none",
+        "max_gen_toks": str(max_gen_toks) if max_gen_toks else "task default",
+        "chat template": ",".join(chat_template_tasks) or "none",
+        "device": device,
+        "dtype": dtype,
+        "batch size": str(batch_size),
+        "threads": str(threads) if threads else "torch default",
+    }
     results: dict[str, dict] = {}
     failures: dict[str, str] = {}
     for i, model in enumerate(models, 1):
@@ -371,6 +381,12 @@ def run_side_by_side(
                 gen_kwargs=gen_kwargs,
                 chat_template_tasks=chat_template_tasks,
             )
+        except KeyboardInterrupt:
+            # Stopped by the user: the models that finished keep their report.
+            settings["interrupted"] = f"during {model.name}; the models after it did not run"
+            paths = write_report(results, models, out_dir, settings)
+            log(f"[{i}/{len(models)}] {model.name}: interrupted; the report of the models before it is in {paths[0]}")
+            raise
         except Exception as error:  # one model's failure must not cost the others' results
             LOG.exception("model %s failed", model.name)
             failures[model.name] = f"{type(error).__name__}: {error}"
@@ -378,16 +394,6 @@ def run_side_by_side(
             continue
         elapsed = time.monotonic() - started
         log(f"[{i}/{len(models)}] {model.name}: done in {elapsed:.0f} s, logs in {out_dir / model.name}")
-    settings = {
-        "tasks": ",".join(tasks),
-        "limit": str(limit) if limit is not None else "none",
-        "max_gen_toks": str(max_gen_toks) if max_gen_toks else "task default",
-        "chat template": ",".join(chat_template_tasks) or "none",
-        "device": device,
-        "dtype": dtype,
-        "batch size": str(batch_size),
-        "threads": str(threads) if threads else "torch default",
-    }
     if failures:
         settings["failed"] = "; ".join(f"{name} ({reason})" for name, reason in failures.items())
     paths = write_report(results, models, out_dir, settings)

@@ -150,3 +150,21 @@ def test_an_f16_gguf_in_llama_cpp_scores_as_the_hf_model(smollm2, tmp_path, monk
             assert float(a) == pytest.approx(float(b), abs=0.02)
     for ours, theirs in zip(samples("hf", tasks[1]), samples("f16", tasks[1]), strict=True):
         assert ours["resps"] == theirs["resps"] and ours["resps"][0][0].strip()
+
+
+def test_an_interrupted_eval_keeps_the_report_of_the_models_that_finished(smollm2, tmp_path, monkeypatch):
+    real = report.evaluate_model
+
+    def interrupted_on_the_second(spec, *args, **kwargs):
+        if spec.name == "second":
+            raise KeyboardInterrupt
+        return real(spec, *args, **kwargs)
+
+    monkeypatch.setattr(report, "evaluate_model", interrupted_on_the_second)
+    models = [ModelSpec("first", str(smollm2)), ModelSpec("second", str(smollm2)), ModelSpec("third", str(smollm2))]
+    with pytest.raises(KeyboardInterrupt):
+        report.run_side_by_side(models, ["proofkd_legal_mc"], tmp_path / "out", limit=LIMIT, log=lambda line: None)
+    table = (tmp_path / "out" / "report.md").read_text()
+    assert "interrupted: during second; the models after it did not run" in table
+    row = next(line for line in table.splitlines() if line.startswith("| proofkd_legal_mc | acc |"))
+    assert row.split("|")[4].strip() != "n/a" and row.split("|")[5].strip() == row.split("|")[6].strip() == "n/a"
