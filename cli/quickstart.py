@@ -20,7 +20,7 @@ from pathlib import Path
 
 from proofkd.cli.training_run import TrainingStopped, axolotl_train
 from proofkd.core import embedded
-from proofkd.core.io import unwritable_reason
+from proofkd.core.io import atomic_path, unwritable_reason
 from proofkd.core.logs import get_logger
 from proofkd.core.recipes import RecipeError, read_recipe
 
@@ -104,6 +104,16 @@ def _check(recipe: str | Path | None, default: str, output_dir: Path, keys: tupl
     return path, cfg
 
 
+def _report(summary: dict, table: str, output_dir: Path, trained: Path, heading: str) -> None:
+    """Write summary.json and summary.md whole (each under a temporary name first), and print the table."""
+    for name, text in (("summary.json", json.dumps(summary, indent=2)), ("summary.md", table)):
+        with atomic_path(output_dir / name) as tmp:
+            tmp.write_text(text + "\n", encoding="utf-8")
+    print(f"\n{heading}\n")
+    print(table)
+    print(f"\nwall time {summary['wall_seconds']:.0f} s; trained student in {trained}; summary in {output_dir}")
+
+
 def run(recipe: str | Path | None = None, output_dir: Path = Path("outputs/quickstart")) -> dict:
     recipe, cfg = _check(
         recipe, DEFAULT_RECIPE, output_dir, ("base_model", "proofkd_teacher", "datasets", "test_datasets")
@@ -136,13 +146,13 @@ def run(recipe: str | Path | None = None, output_dir: Path = Path("outputs/quick
         "teacher": teacher,
         "wall_seconds": round(time.monotonic() - started, 1),
     }
-    table = format_table(before, after, teacher)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    (output_dir / "summary.md").write_text(table + "\n", encoding="utf-8")
-    print("\nproofkd quickstart: distillation on the embedded default\n")
-    print(table)
-    print(f"\nwall time {summary['wall_seconds']:.0f} s; trained student in {trained}; summary in {output_dir}")
+    _report(
+        summary,
+        format_table(before, after, teacher),
+        output_dir,
+        trained,
+        "proofkd quickstart: distillation on the embedded default",
+    )
     return summary
 
 
@@ -209,11 +219,11 @@ def run_opd(
         "after": after,
         "wall_seconds": round(time.monotonic() - started, 1),
     }
-    table = format_opd_table(before, after)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    (output_dir / "summary.md").write_text(table + "\n", encoding="utf-8")
-    print("\nproofkd quickstart --opd: on-policy distillation on the embedded default\n")
-    print(table)
-    print(f"\nwall time {summary['wall_seconds']:.0f} s; trained student in {trained}; summary in {output_dir}")
+    _report(
+        summary,
+        format_opd_table(before, after),
+        output_dir,
+        trained,
+        "proofkd quickstart --opd: on-policy distillation on the embedded default",
+    )
     return summary
