@@ -2,7 +2,8 @@
 
 Reads `OUTPUT_DIR/proofkd_log.jsonl` (`proofkd.core.run_log`) and draws one
 panel per group of logged values the run has: Stage 1's loss and its parts,
-the cross-entropy per span, the KL, the proof weight and the learning rate;
+the cross-entropy and KL per span (prompt, derivation, answer), the KL, the
+entropies and top-token overlap, the proof weight and the learning rate;
 OPD's reverse-KL estimates, its clipping and the reward. Evaluation records
 are drawn as points over the training lines.
 """
@@ -17,8 +18,11 @@ from proofkd.core.run_log import LOG_FILE, read_run_log, training_records
 # (panel title, logged keys); evaluation keys are the same with `eval_` in front.
 PANELS = (
     ("loss", ("loss", "proofkd/ce_weighted", "proofkd/kd_term")),
-    ("cross-entropy per span", ("proofkd/ce_proof", "proofkd/ce_other", "proofkd/ce")),
+    ("cross-entropy per span", ("proofkd/prompt/ce", "proofkd/derivation/ce", "proofkd/answer/ce", "proofkd/ce")),
+    ("KL(teacher || student) at T, per span", ("proofkd/prompt/kl", "proofkd/derivation/kl", "proofkd/answer/kl")),
     ("KL(teacher || student) at T", ("proofkd/kl",)),
+    ("entropy at T = 1", ("proofkd/derivation/student_entropy", "proofkd/derivation/teacher_entropy")),
+    ("student mass on the teacher's top tokens", ("proofkd/derivation/topk_overlap", "proofkd/answer/topk_overlap")),
     ("teacher mass outside its top-k", ("proofkd/teacher_tail_mass",)),
     ("proof weight", ("proofkd/proof_weight",)),
     ("learning rate", ("learning_rate",)),

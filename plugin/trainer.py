@@ -33,6 +33,7 @@ from proofkd.core.run_log import LOG_FILE
 from proofkd.plugin.heads import head_replaced
 from proofkd.plugin.loss import LossStats, proof_kd_loss
 from proofkd.plugin.loss.divergences import Divergence, get_divergence
+from proofkd.plugin.loss.stats import token_spans
 from proofkd.plugin.profile import PartClock
 from proofkd.plugin.schedule import proof_weight_at
 from proofkd.plugin.teacher import Teacher, TeacherTargets, check_finite
@@ -192,13 +193,14 @@ class ProofKDTrainer(AxolotlTrainer):
         denominators = self._step_denominators(num_items_in_batch, labels, proof_mask, weight)
         # row i of everything the loss head sees belongs to the token predicted from position i
         flat_labels, flat_proof = labels[:, 1:].reshape(-1), proof_mask[:, 1:].reshape(-1)
+        flat_spans = token_spans(labels, proof_mask)[:, 1:].reshape(-1)
         with self._part("teacher_forward"):
             targets = self._teacher_targets(inputs)
         if targets is not None:
             where = f"step {self.state.global_step + 1}" if model.training else "evaluation"
             check_finite(targets, flat_labels != -100, labels.shape[1] - 1, where)
         stats_out: list[LossStats] = []
-        head = self._loss_head(targets, flat_labels, flat_proof, weight, denominators, stats_out)
+        head = self._loss_head(targets, flat_labels, flat_proof, flat_spans, weight, denominators, stats_out)
         inputs["use_cache"] = False
         with head_replaced(model, head), self._part("student_forward"):
             outputs = model(**inputs)
@@ -244,7 +246,7 @@ class ProofKDTrainer(AxolotlTrainer):
             raise RuntimeError("ProofKDTrainer has no teacher: the plugin attaches one in post_trainer_create")
         return self.teacher.targets(inputs["input_ids"], inputs.get("attention_mask"))
 
-    def _loss_head(self, targets, flat_labels, flat_proof, weight, denominators, stats_out):
+    def _loss_head(self, targets, flat_labels, flat_proof, flat_spans, weight, denominators, stats_out):
         """The function that replaces the student's output head: the loss from its final hidden states and weight."""
         config = self.proofkd
         teacher_hidden = teacher_weight = teacher_topk = None
@@ -272,6 +274,7 @@ class ProofKDTrainer(AxolotlTrainer):
                     teacher_topk=teacher_topk,
                     topk_tail=config.topk_tail,
                     divergence=self.divergence,
+                    spans=flat_spans,
                 )
             stats_out.append(stats)
             return loss

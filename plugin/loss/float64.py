@@ -11,7 +11,7 @@ import torch
 
 from proofkd.plugin.loss.divergences import Divergence, get_divergence
 from proofkd.plugin.loss.proof_kd import tail_floor
-from proofkd.plugin.loss.stats import LossStats
+from proofkd.plugin.loss.stats import ANSWER, DERIVATION, OVERLAP_K, SPANS, LossStats
 
 
 def proof_kd_loss_float64(
@@ -33,6 +33,7 @@ def proof_kd_loss_float64(
     teacher_topk: tuple[torch.Tensor, torch.Tensor] | None = None,
     topk_tail: str = "renormalize",
     divergence: Divergence | None = None,
+    spans: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, LossStats]:
     """Same contract as `proof_kd_loss`, computed in float64 without chunking; the divergence by its float64 form."""
     valid = labels != ignore_index
@@ -49,9 +50,11 @@ def proof_kd_loss_float64(
 
     divergence = divergence or get_divergence("forward_kl")
     tail = torch.zeros_like(ce)
+    teacher_entropy = overlap = torch.zeros_like(ce)
     if kd_coef != 0 and teacher_topk is not None and topk_tail == "bucket":
         log_p_t, log_q_t, tail = _bucket_distributions(log_p.exp(), teacher_topk, temperature)
         kl = divergence.float64(log_p_t, log_q_t)
+        teacher_entropy, overlap = _topk_teacher_figures(log_p.exp(), teacher_topk, tail)
     elif kd_coef != 0:
         if teacher_topk is not None:
             vocab = kl_vocab or student_weight.shape[0]
@@ -65,6 +68,7 @@ def proof_kd_loss_float64(
         log_q_t = torch.log_softmax(teacher_logits[:, :vocab] / temperature, dim=-1)
         log_p_t = torch.log_softmax(student_logits[:, :vocab] / temperature, dim=-1)
         kl = divergence.float64(log_p_t, log_q_t)
+        teacher_entropy, overlap = _full_teacher_figures(log_p.exp(), teacher_logits[:, :vocab])
     else:
         kl = torch.zeros_like(ce)
     kl = torch.where(valid, kl, torch.zeros_like(kl))
@@ -85,8 +89,52 @@ def proof_kd_loss_float64(
         ce_weight=weights.sum(),
         teacher_tail=tail.clamp(min=0.0)[topk_rows].sum(),
         topk_tokens=topk_rows.sum(),
+        teacher_rows=valid.sum() if kd_coef != 0 else 0.0,
+        **_per_span(
+            torch.where(proof, DERIVATION, ANSWER) if spans is None else spans,
+            valid,
+            {
+                "ce": ce,
+                "kl": kl,
+                "student_entropy": -(log_p.exp() * log_p).sum(-1),
+                "teacher_entropy": teacher_entropy,
+                "topk_overlap": overlap,
+            },
+        ),
     )
     return loss, stats
+
+
+def _per_span(spans: torch.Tensor, valid: torch.Tensor, per_token: dict[str, torch.Tensor]) -> dict:
+    sums = {}
+    for index, span in enumerate(SPANS):
+        rows = valid & (spans == index)
+        sums[f"{span}_tokens"] = rows.sum()
+        sums.update({f"{span}_{metric}": values[rows].sum() for metric, values in per_token.items()})
+    return sums
+
+
+def _entropy(probs: torch.Tensor) -> torch.Tensor:
+    return -torch.where(probs > 0, probs * torch.where(probs > 0, probs, 1.0).log(), 0.0).sum(-1)
+
+
+def _full_teacher_figures(p: torch.Tensor, teacher_logits: torch.Tensor):
+    """The teacher's entropy at T = 1 and the student's mass on its most likely tokens, from its logits."""
+    q = torch.softmax(teacher_logits, dim=-1)
+    top = torch.topk(teacher_logits, min(OVERLAP_K, teacher_logits.shape[1]), dim=-1)
+    mass = torch.where(torch.isfinite(top.values), p.gather(1, top.indices), 0.0).sum(-1)
+    return _entropy(q), mass
+
+
+def _topk_teacher_figures(p: torch.Tensor, teacher_topk, tail: torch.Tensor):
+    """The same for a top-k teacher whose rest is one outcome: entropy over its k and its tail."""
+    ids, logps = teacher_topk
+    used = torch.isfinite(logps)
+    q = torch.where(used, logps.double().exp(), 0.0)
+    top = torch.topk(torch.where(used, logps.double(), -torch.inf), min(OVERLAP_K, ids.shape[1]), dim=-1)
+    chosen = torch.isfinite(top.values)
+    mass = torch.where(chosen, p.gather(1, ids.gather(1, top.indices)), 0.0).sum(-1)
+    return _entropy(torch.cat([q, tail[:, None]], dim=1)), mass
 
 
 def _bucket_distributions(p: torch.Tensor, teacher_topk, temperature: float):

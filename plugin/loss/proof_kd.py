@@ -15,7 +15,7 @@ import torch
 
 from proofkd.plugin.loss.chunked import chunked_head
 from proofkd.plugin.loss.divergences import Divergence, get_divergence
-from proofkd.plugin.loss.stats import CHUNK_FIELDS, LossStats
+from proofkd.plugin.loss.stats import ANSWER, CHUNK_FIELDS, DERIVATION, OVERLAP_K, LossStats, span_sums
 
 FORWARD_KL = get_divergence("forward_kl")
 
@@ -32,6 +32,7 @@ def stage1_chunk_loss(
     labels: torch.Tensor,
     proof: torch.Tensor,
     c: torch.Tensor,
+    spans: torch.Tensor,
     ce_factor: torch.Tensor,
     kd_factor: torch.Tensor,
     temperature: torch.Tensor,
@@ -39,12 +40,13 @@ def stage1_chunk_loss(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One chunk's share of the loss, and its sums in the order of `stats.CHUNK_FIELDS`.
 
-    Per row: the label, `proof` (1.0 on derivation tokens) and the CE weight
-    `c`; `ce_factor` = ce_coef / D_ce and `kd_factor` = kd_coef * T^2 / D_kd. The
-    scalars come as 0-d tensors so that a compiled step serves every value.
-    The teacher is `teacher_logits` (the divergence runs over their columns),
-    or `topk_ids` with `topk_logps` (the divergence runs over the k tokens and
-    a tail bucket), or neither (CE only). The CE runs over all of z's columns.
+    Per row: the label, `proof` (1.0 on derivation tokens), the CE weight `c`
+    and the span (`stats.SPANS`); `ce_factor` = ce_coef / D_ce and `kd_factor`
+    = kd_coef * T^2 / D_kd. The scalars come as 0-d tensors so that a compiled
+    step serves every value. The teacher is `teacher_logits` (the divergence
+    runs over their columns), or `topk_ids` with `topk_logps` (the divergence
+    runs over the k tokens and a tail bucket), or neither (CE only). The CE
+    runs over all of z's columns.
     """
     log_p = torch.log_softmax(z.float(), dim=-1)
     ce = -log_p.gather(1, labels[:, None]).squeeze(1)
@@ -59,8 +61,47 @@ def stage1_chunk_loss(
     weighted = (c * ce).sum()
     loss = ce_factor * weighted + kd_factor * div.sum()
     other = 1.0 - proof
-    sums = torch.stack([(ce * proof).sum(), proof.sum(), (ce * other).sum(), other.sum(), div.sum(), weighted, c.sum()])
+    has_teacher = teacher_logits is not None or topk_ids is not None
+    teacher_entropy, overlap = _teacher_figures(log_p, teacher_logits, topk_ids, topk_logps)
+    student_entropy = -(log_p.exp() * log_p).sum(-1)
+    per_token = torch.stack([torch.ones_like(ce), ce, div, student_entropy, teacher_entropy, overlap], dim=1)
+    sums = torch.cat(
+        [
+            torch.stack(
+                [(ce * proof).sum(), proof.sum(), (ce * other).sum(), other.sum(), div.sum(), weighted, c.sum()]
+            ),
+            span_sums(spans, per_token),
+            ce.new_tensor([float(ce.shape[0]) if has_teacher else 0.0]),
+        ]
+    )
     return loss, sums.detach()
+
+
+def _teacher_figures(log_p, teacher_logits, topk_ids, topk_logps) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: the teacher's entropy at T = 1, and the student's mass on the teacher's `OVERLAP_K` most likely
+    tokens (all it gives, when fewer); zeros without a teacher.
+
+    The entropy is that of the distribution the divergence compares against: a top-k teacher's is renormalised
+    over its top-k, or (`topk_ids`, the bucket form) its top-k and its rest as one outcome.
+    """
+    if teacher_logits is not None:
+        log_q = torch.log_softmax(teacher_logits.float(), dim=-1).clamp(min=_LOWEST)
+        entropy = -(log_q.exp() * log_q).sum(-1)
+        top = torch.topk(teacher_logits.float(), min(OVERLAP_K, teacher_logits.shape[1]), dim=-1)
+        ids, used = top.indices, torch.isfinite(top.values)
+    elif topk_ids is not None:
+        used = torch.isfinite(topk_logps)
+        log_q = torch.where(used, topk_logps.float(), _LOWEST)
+        log_rest = _teacher_rest(torch.where(used, topk_logps.float(), -torch.inf))
+        rest = torch.where(torch.isfinite(log_rest), log_rest.exp() * log_rest, 0.0).squeeze(1)
+        entropy = -(log_q.exp() * log_q).sum(-1) - rest
+        top = torch.topk(log_q, min(OVERLAP_K, log_q.shape[1]), dim=-1)
+        ids, used = topk_ids.gather(1, top.indices), used.gather(1, top.indices)
+    else:
+        zeros = torch.zeros_like(log_p[:, 0])
+        return zeros, zeros
+    overlap = torch.where(used, log_p.gather(1, ids).exp(), 0.0).sum(-1)
+    return entropy, overlap
 
 
 def _tempered_full(z, teacher_logits, temperature):
@@ -126,6 +167,7 @@ def proof_kd_loss(
     teacher_topk: tuple[torch.Tensor, torch.Tensor] | None = None,
     topk_tail: str = "renormalize",
     divergence: Divergence = FORWARD_KL,
+    spans: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, LossStats]:
     """Proof-weighted CE mixed with kd_coef * T^2 * divergence to the teacher; see `proofkd.plugin.loss`.
 
@@ -140,6 +182,9 @@ def proof_kd_loss(
     the vocabulary with the teacher renormalised over its top-k at T; with
     `"bucket"` over k + 1 outcomes, the top-k and one bucket holding each
     side's remaining mass. The stats then carry the teacher's tail mass.
+
+    `spans` gives each row's span (`stats.SPANS`, from `stats.token_spans`) for the per-span sums; None
+    counts derivation tokens as the derivation and every other token as the answer.
 
     `compile` runs each chunk's arithmetic through `torch.compile`; None
     means wherever it compiles (`chunked.compile_by_default`). The first call
@@ -169,6 +214,8 @@ def proof_kd_loss(
     w = torch.as_tensor(proof_weight, dtype=torch.float32, device=device)
     proof = is_proof.float()
     c = torch.where(is_proof, w, torch.ones_like(w))
+    if spans is None:
+        spans = torch.where(is_proof, DERIVATION, ANSWER)
 
     def teacher_inputs(idx: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         """(dense teacher logits, top-k ids, top-k log-probs) of a chunk; the unused ones None."""
@@ -187,7 +234,7 @@ def proof_kd_loss(
         student_hidden,
         student_weight,
         rows,
-        lambda idx: (*teacher_inputs(idx), labels[idx], proof[idx], c[idx]),
+        lambda idx: (*teacher_inputs(idx), labels[idx], proof[idx], c[idx], spans[idx]),
         stage1_chunk_loss,
         constants=(
             ce_coef / d_ce,

@@ -19,15 +19,16 @@ def write_log(folder, records, tail: str = ""):
 
 
 STAGE1 = [
-    {"step": 0, "eval_loss": 3.0, "eval_proofkd/kl": 1.0, "eval_proofkd/ce_proof": 2.0},
+    {"step": 0, "eval_loss": 3.0, "eval_proofkd/kl": 1.0, "eval_proofkd/derivation/ce": 2.0},
     *(
         {
             "step": s,
             "loss": 3.0 - s / 4,
             "learning_rate": 1e-4,
             "proofkd/kl": 1.0 / s,
-            "proofkd/ce_proof": 2.0,
-            "proofkd/ce_other": 2.5,
+            "proofkd/derivation/ce": 2.0,
+            "proofkd/answer/ce": 2.5,
+            "proofkd/derivation/kl": 1.2 / s,
             "proofkd/proof_weight": 2.5 - s / 4,
         }
         for s in range(1, 5)
@@ -39,7 +40,14 @@ STAGE1 = [
 def test_a_stage1_run_is_drawn_with_its_own_panels(tmp_path):
     run = write_log(tmp_path / "run", STAGE1)
     titles = [title for title, _ in panels_for(read_run_log(run))]
-    assert titles == ["loss", "cross-entropy per span", "KL(teacher || student) at T", "proof weight", "learning rate"]
+    assert titles == [
+        "loss",
+        "cross-entropy per span",
+        "KL(teacher || student) at T, per span",
+        "KL(teacher || student) at T",
+        "proof weight",
+        "learning rate",
+    ]
     path = plot_run(run)
     assert path == run / "proofkd_log.png" and path.read_bytes().startswith(PNG)
 

@@ -86,6 +86,21 @@ def test_the_logged_loss_is_the_plugins_formula(base):
         assert 0 < record["proofkd/proof_token_frac"] < 1
 
 
+def test_each_span_is_logged_in_training_and_evaluation_and_adds_up(base):
+    """Stage 1 trains every token of a row, so each step logs its prompt, derivation and answer, never NaN."""
+    evals = [r for r in read_log(base["workdir"] / "out") if "eval_loss" in r]
+    for prefix, record in [("proofkd/", r) for r in base["records"]] + [("eval_proofkd/", e) for e in evals]:
+        spans = [prefix + "prompt/", prefix + "derivation/", prefix + "answer/"]
+        for span in spans:
+            for metric in ("ce", "kl", "student_entropy", "teacher_entropy", "topk_overlap"):
+                assert math.isfinite(record[span + metric]), (span, metric)
+            assert 0 <= record[span + "topk_overlap"] <= 1 + 1e-6
+        assert sum(record[span + "tokens"] for span in spans) == record[prefix + "tokens"]
+        weighted_ce = sum(record[span + "ce"] * record[span + "tokens"] for span in spans)
+        assert math.isclose(weighted_ce / record[prefix + "tokens"], record[prefix + "ce"], rel_tol=1e-6)
+        assert math.isclose(record[prefix + "derivation/ce"], record[prefix + "ce_proof"], rel_tol=1e-6)
+
+
 def test_training_reduced_the_loss_and_the_kl(base):
     evals = [r for r in read_log(base["workdir"] / "out") if "eval_loss" in r]
     assert [e["step"] for e in evals] == [0, STEPS]
