@@ -71,16 +71,23 @@ def find_derivation_span(
     text: str,
     start_marker: str = PROOF_MARKER,
     end_marker: str = FINAL_ANSWER_MARKER,
+    *,
+    unfinished: bool = False,
 ) -> tuple[int, int] | None:
     """Locate the derivation in an already rendered text.
 
     The span runs from the `start_marker` closest before the last
     `end_marker` up to that `end_marker`, so a marker quoted in the question
     (before the real `Proof:`) does not move it. Returns None when either
-    marker is missing. For rows rendered by `render_stage1`, prefer its exact
-    span.
+    marker is missing. With `unfinished` (a model's sample, which may stop
+    mid-derivation), a text without `end_marker` has its derivation run from
+    the last `start_marker` to its end. For rows rendered by `render_stage1`,
+    prefer its exact span.
     """
     end_at = text.rfind(end_marker)
+    if end_at < 0 and unfinished:
+        start_at = text.rfind(start_marker)
+        return None if start_at < 0 else (start_at + len(start_marker), len(text))
     if end_at < 0:
         return None
     start_at = text.rfind(start_marker, 0, end_at)

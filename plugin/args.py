@@ -211,6 +211,12 @@ class OPDArgs(TeacherArgs):
     proofkd_opd_topk: int = Field(
         default=16, ge=0, description="k of the top-k overlap-mass diagnostic (0 turns it off)."
     )
+    proofkd_opd_proof_weight: float = Field(
+        default=1.0,
+        gt=0,
+        description="Span-aware OPD: the distillation advantage of each sample's derivation tokens (between "
+        "Proof: and Final Answer:, found in the prompt and the sampled text) is multiplied by this; 1.0 is plain OPD.",
+    )
 
     @field_validator(
         "proofkd_opd_clamp",
@@ -218,6 +224,7 @@ class OPDArgs(TeacherArgs):
         "proofkd_opd_task_coef",
         "proofkd_opd_dual_clip",
         "proofkd_opd_topk",
+        "proofkd_opd_proof_weight",
         mode="wrap",
     )
     @classmethod

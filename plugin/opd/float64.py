@@ -50,6 +50,7 @@ def opd_loss_float64(
     dual_clip: float | None,
     normalizer: float,
     advantage_from: str = "current",
+    advantage_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The same loss as `opd_loss`, summed token by token in float64."""
     total = torch.zeros((), dtype=torch.float64)
@@ -63,6 +64,8 @@ def opd_loss_float64(
             old = float(old_logps[b, t])
             judged = s_value if advantage_from == "current" else old
             advantage = -kl_estimate_float64(judged, float(teacher_logps[b, t]), estimator, clamp)
+            if advantage_scale is not None:
+                advantage *= float(advantage_scale[b, t])
             total = total + coef * token_loss_float64(s, old, advantage, eps_low, eps_high, dual_clip)
             if task_coef and task_advantages is not None:
                 task = float(task_advantages[b])

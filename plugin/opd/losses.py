@@ -11,6 +11,8 @@ estimated by
 each clamped to [-c, c] (c = 10). The advantage of token t is A_t = -k(t),
 with no discount over the sequence: a token is judged by what the teacher
 thinks of it alone. s is the current student's (default) or the rollout's.
+Span-aware OPD multiplies A_t by the proof weight w on the derivation tokens
+of the sample (`proofkd.plugin.opd.spans`), and by 1 elsewhere.
 
 The update is the PPO clipped objective with ratio r = exp(log pi - log pi_old):
 
@@ -104,8 +106,12 @@ def opd_loss(
     dual_clip: float | None = 3.0,
     normalizer: float | torch.Tensor = 1.0,
     advantage_from: str = "current",
+    advantage_scale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """coef * clipped loss with A = -k(student, teacher) (+ task_coef * clipped loss on the task advantage).
+
+    `advantage_scale` (`[B, T]`) multiplies the distillation advantage token by token: span-aware OPD gives
+    the derivation tokens of each sample the proof weight and every other token 1.
 
     `advantage_from` picks the student log-probs of the estimate: "current"
     (the policy being updated, detached) or "rollout" (`old_logps`, fixed
@@ -117,6 +123,8 @@ def opd_loss(
         raise ValueError(f"advantage_from must be one of {', '.join(ADVANTAGE_SOURCES)}, got {advantage_from!r}")
     student = logps.detach() if advantage_from == "current" else old_logps
     advantages = -kl_estimate(student, teacher_logps, estimator, clamp)
+    if advantage_scale is not None:
+        advantages = advantages * advantage_scale
     kwargs = dict(eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip, normalizer=normalizer)
     loss, stats = clipped_policy_loss(logps, old_logps, advantages, mask, **kwargs)
     loss = coef * loss

@@ -4,7 +4,9 @@ Per rollout, after the student has sampled and GRPO has scored the task
 reward, the teacher scores every sampled token (`teacher_per_token_logps`),
 and the rollout's diagnostics are logged: mean k1, k2 and k3, and the
 student's and teacher's probability mass on the tokens both rank in their
-top-k. Each micro-batch's loss is then `proofkd.plugin.opd.losses.opd_loss`
+top-k, and k1 on the samples' derivations and on the rest
+(`opd/derivation/k1`, `opd/answer/k1`). With `proofkd_opd_proof_weight`, the
+derivation tokens' advantage is scaled by it (span-aware OPD). Each micro-batch's loss is then `proofkd.plugin.opd.losses.opd_loss`
 on the current student log-probs, divided by the completion tokens of its
 whole optimizer step (all micro-batches, all ranks): a token mean over the
 step, as verl's, rather than over the whole rollout, as TRL's default.
@@ -26,6 +28,7 @@ from proofkd.core.logs import get_logger
 from proofkd.plugin.heads import final_hidden_states, output_head
 from proofkd.plugin.logprobs import TokenScores, overlap_mass, token_log_probs
 from proofkd.plugin.opd.losses import kl_estimate, opd_loss
+from proofkd.plugin.opd.spans import derivation_mask
 from proofkd.plugin.profile import PartClock
 from proofkd.plugin.teacher import Teacher
 
@@ -46,6 +49,7 @@ class OPDConfig:
     dual_clip: float | None
     topk: int
     advantage_from: str
+    proof_weight: float
     profile: bool
 
     @classmethod
@@ -58,6 +62,7 @@ class OPDConfig:
             dual_clip=cfg.proofkd_opd_dual_clip,
             topk=cfg.proofkd_opd_topk,
             advantage_from=cfg.proofkd_opd_advantage_from,
+            proof_weight=float(cfg.proofkd_opd_proof_weight),
             profile=bool(cfg.proofkd_profile),
         )
 
@@ -132,7 +137,12 @@ class OPDTrainer(AxolotlGRPOTrainer):
             teacher = self.teacher.score(ids, mask, length, topk=self.opd.topk)
         out["teacher_per_token_logps"] = teacher.logps.to(out["completion_ids"].device)
         out["task_advantages"] = out["advantages"]
-        self._log_rollout(self._student_scores(ids, mask, length), teacher, out["completion_mask"])
+        out["derivation_mask"] = derivation_mask(
+            self.processing_class, out["prompt_ids"], out["prompt_mask"], out["completion_ids"], out["completion_mask"]
+        )
+        self._log_rollout(
+            self._student_scores(ids, mask, length), teacher, out["completion_mask"], out["derivation_mask"]
+        )
         mode = "train" if self.model.training else "eval"
         for name, total in self.teacher.counters().items():
             self._metrics[mode][f"opd/{name}"].append(total)
@@ -152,12 +162,13 @@ class OPDTrainer(AxolotlGRPOTrainer):
         )
         return scores.reshape(*targets.shape)
 
-    def _log_rollout(self, student: TokenScores, teacher: TokenScores, completion_mask) -> None:
+    def _log_rollout(self, student: TokenScores, teacher: TokenScores, completion_mask, derivation) -> None:
         mode = "train" if self.model.training else "eval"
         on = completion_mask.bool()
         teacher_logps = teacher.logps.to(student.logps.device)
         sums = [kl_estimate(student.logps, teacher_logps, k, self.opd.clamp)[on].sum() for k in ("k1", "k2", "k3")]
         sums += [student.logps[on].sum(), teacher_logps[on].sum()]
+        self._log_spans(mode, kl_estimate(student.logps, teacher_logps, "k1", self.opd.clamp), on, derivation)
         if self.opd.topk and teacher.topk_ids is not None:
             s_mass, t_mass = overlap_mass(
                 student, TokenScores(teacher_logps, teacher.topk_ids.to(on.device), teacher.topk_logps.to(on.device))
@@ -168,6 +179,18 @@ class OPDTrainer(AxolotlGRPOTrainer):
         names = ["k1", "k2", "k3", "student_logp", "teacher_logp", "overlap_mass_student", "overlap_mass_teacher"]
         for name, value in zip(names, totals[:-1], strict=False):
             self._metrics[mode][f"opd/{name}"].append((value / tokens).item())
+
+    def _log_spans(self, mode: str, k1: torch.Tensor, on: torch.Tensor, derivation: torch.Tensor) -> None:
+        """Mean k1 and token count of the samples' derivation and of the rest (the answer); a span with no
+        tokens in the rollout logs nothing."""
+        derivation = derivation.to(on.device) & on
+        answer = on & ~derivation
+        sums = torch.stack([k1[derivation].sum(), derivation.sum(), k1[answer].sum(), answer.sum()]).float()
+        sums = self.accelerator.reduce(sums, reduction="sum")
+        for span, (total, tokens) in {"derivation": sums[:2], "answer": sums[2:]}.items():
+            if tokens > 0:
+                self._metrics[mode][f"opd/{span}/k1"].append((total / tokens).item())
+                self._metrics[mode][f"opd/{span}/tokens"].append(tokens.item())
 
     # --- loss: a token mean over each optimizer step --------------------------------------------
 
@@ -216,6 +239,7 @@ class OPDTrainer(AxolotlGRPOTrainer):
             dual_clip=self.opd.dual_clip,
             normalizer=normaliser,
             advantage_from=self.opd.advantage_from,
+            advantage_scale=self._advantage_scale(inputs),
         )
         mode = "train" if model.training else "eval"
         counts = self.accelerator.reduce(torch.stack([v.float() for v in stats.values()]), reduction="sum")
@@ -223,3 +247,10 @@ class OPDTrainer(AxolotlGRPOTrainer):
         for name, value in zip(("clip_ratio/low", "clip_ratio/high", "clip_ratio/dual"), counts[:-1], strict=False):
             self._metrics[mode][f"opd/{name}"].append((value / tokens).item())
         return loss
+
+    def _advantage_scale(self, inputs) -> torch.Tensor | None:
+        """The proof weight on each sample's derivation tokens, 1 elsewhere; None for plain OPD."""
+        if self.opd.proof_weight == 1.0:
+            return None
+        derivation = inputs["derivation_mask"]
+        return torch.where(derivation, self.opd.proof_weight, 1.0).to(inputs["teacher_per_token_logps"].dtype)

@@ -54,9 +54,12 @@ def test_k1_and_k3_are_unbiased_for_the_reverse_kl(seed, estimator):
 @pytest.mark.parametrize("dual_clip", [3.0, None])
 @pytest.mark.parametrize("task_coef", [0.0, 0.7])
 @pytest.mark.parametrize("advantage_from", ["current", "rollout"])
-def test_loss_and_gradient_match_float64(seed, estimator, dual_clip, task_coef, advantage_from):
+@pytest.mark.parametrize("proof_weight", [1.0, 2.5])
+def test_loss_and_gradient_match_float64(seed, estimator, dual_clip, task_coef, advantage_from, proof_weight):
     logps, old, teacher, mask, task = inputs(seed)
+    derivation = torch.rand(mask.shape, generator=torch.Generator().manual_seed(seed + 1)) < 0.5
     kwargs = dict(
+        advantage_scale=torch.where(derivation, proof_weight, 1.0) if proof_weight != 1.0 else None,
         advantage_from=advantage_from,
         estimator=estimator,
         clamp=10.0,
@@ -148,3 +151,20 @@ def test_overlap_mass(seed):
     teacher = TokenScores(torch.zeros(1), torch.tensor([[5, 9, 3]]), torch.log(torch.tensor([[0.6, 0.2, 0.1]])))
     s_mass, t_mass = overlap_mass(student, teacher)
     assert s_mass.item() == pytest.approx(0.8) and t_mass.item() == pytest.approx(0.7)
+
+
+def test_span_aware_opd_scales_the_derivation_tokens_gradient_only(seed):
+    """On policy, d loss / d logp_t = -A_t / n: the derivation's tokens get w times theirs, the others the same."""
+    logps, _, teacher, mask, _ = inputs(seed)
+    derivation = torch.zeros_like(mask, dtype=torch.bool)
+    derivation[:, :4] = True
+    on_policy = logps.detach().clone()
+    grads = []
+    for scale in (None, torch.where(derivation, 2.5, 1.0)):
+        current = on_policy.clone().requires_grad_()
+        loss, _ = opd_loss(current, on_policy, teacher, mask, normalizer=7.0, advantage_scale=scale, dual_clip=None)
+        grads.append(torch.autograd.grad(loss, current)[0])
+    plain, scaled = grads
+    on = mask.bool()
+    assert torch.allclose(scaled[derivation & on], 2.5 * plain[derivation & on])
+    assert torch.equal(scaled[~derivation & on], plain[~derivation & on])

@@ -97,5 +97,8 @@ def test_the_cpu_twin_lowers_the_reverse_kl_on_heldout_prompts(tmp_path):
         assert 0.0 <= record["opd/overlap_mass_teacher"] <= 1.0
         assert record["completions/mean_length"] > 0
         assert "rewards/dapo_math_reward/mean" in record
+        # DAPO prompts carry no Proof: marker, so every sampled token is the answer's; no empty span is logged
+        assert record["opd/answer/tokens"] > 0 and math.isfinite(record["opd/answer/k1"])
+        assert not any(key.startswith("opd/derivation/") for key in record)
     # each rollout is sampled from the current student: the estimate falls from the first to the last
     assert rollouts[-1]["opd/k1"] < rollouts[0]["opd/k1"]
