@@ -3,8 +3,9 @@
     python bench/export.py [--checkpoint DIR] [--threads 2] [--out DIR]
 
 Each step runs in a fresh Python process, so its peak resident memory is its
-own: converting to F16 (streamed, one tensor at a time), quantising to each
-type, and verifying each file against the checkpoint. Prints a table; the
+own (the quantiser's child process included): converting to F16 (streamed,
+one tensor at a time), quantising to each type, and verifying each file
+against the checkpoint in llama.cpp. Prints a table; the
 checkpoint's size on disk is given for scale (a converter that held the model
 in memory would peak above it).
 """
@@ -33,10 +34,10 @@ elif kind == "quantize":
 else:
     from proofkd.export.verify import Reference, verify
     ref = Reference.from_checkpoint(checkpoint)
-    result = verify(Path(out) / f"model-{quant}.gguf", quant, ref, threads=threads)
-    extra = {"kl": result.kl, "top1": result.top1, "passed": result.passed}
+    result = verify(Path(out) / f"model-{quant}.gguf", ref, quant=quant, threads=threads)
+    extra = {"kl": result.statistics.kld_mean, "top1": result.statistics.same_top, "passed": result.passed}
 seconds = time.perf_counter() - start
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024
 print(json.dumps({"seconds": seconds, "peak_mib": peak, **(extra if kind == "verify" else {})}))
 """
 
