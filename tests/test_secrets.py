@@ -2,8 +2,8 @@
 
 The token sits in `HF_TOKEN` and in a stored login (`$HF_HOME/token` and
 `stored_tokens`, pointed at a temporary folder). `proofkd publish --dry-run`,
-`proofkd eval` and `proofkd verify` on a tiny model and `proofkd data build`
-then run in process, through the command line, and the test searches their stdout, stderr, every log record
+`proofkd eval` and `proofkd verify` on a tiny model, `proofkd data build` and
+the OPD quickstart then run in process, and the test searches their stdout, stderr, every log record
 (of any logger, at any level) and every byte of every file written under
 their output and staging folders.
 """
@@ -120,3 +120,17 @@ def test_eval_and_verify_never_write_the_token(secret, records, tmp_path, capsys
     assert code == 0, captured.err[-3000:]
     assert "| tiny-F16.gguf | F16 |" in captured.out
     assert assert_nowhere(secret, captured, records, out, tmp_path / "gguf", figures.parent) >= 8
+
+
+@pytest.mark.slow
+def test_the_opd_quickstart_never_writes_the_token(secret, records, tmp_path, capfd):
+    """The quickstart's training (its own `axolotl train` process, whose output `capfd` holds too), held-out
+    measurement and summary, on the OPD twin (the shorter of the two)."""
+    from proofkd.cli.quickstart import run_opd
+    from tests.helpers import REPO
+
+    out = tmp_path / "quickstart"
+    run_opd(REPO / "yaml" / "quickstart" / "opd.yml", out, heldout="proofkd:arith-dapo?split=heldout&n=4&seed=0")
+    captured = capfd.readouterr()
+    assert "proofkd quickstart --opd" in captured.out and "train_runtime" in captured.out + captured.err
+    assert assert_nowhere(secret, captured, records, out) >= 10
