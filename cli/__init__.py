@@ -370,7 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     enable_console_logging()
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        # Every command writes under temporary names, so what it finished is kept and nothing is half-written.
+        print(f"proofkd {args.command}: interrupted; the files it had finished are kept", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
