@@ -53,6 +53,19 @@ def read_text_option(value: str | None) -> str | None:
     return read_text_file(value) if value else None
 
 
+def check_vocabularies(headers, reference_dir, config: dict) -> None:
+    """Each file must have the vocabulary rows of the reference it is judged against."""
+    from proofkd.export.verify import VerificationInputError
+
+    rows = config.get("vocab_size")
+    for header in headers:
+        if rows is not None and header.vocab_size is not None and header.vocab_size != rows:
+            raise VerificationInputError(
+                f"{header.path} has {header.vocab_size} vocabulary rows and {reference_dir} has {rows}, so it was "
+                "not exported from that model: pass the HF folder it came from as --reference"
+            )
+
+
 def run(args: argparse.Namespace) -> int:
     """0 when every file passes, 1 when one fails, 2 when an input is unusable (named on stderr)."""
     from proofkd.core import embedded
@@ -64,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         headers = [read_gguf(path) for path in args.files]
         reference_dir = embedded.resolve(args.reference) if embedded.is_reference(args.reference) else args.reference
-        read_checkpoint(reference_dir)
+        _, config = read_checkpoint(reference_dir)
+        check_vocabularies(headers, reference_dir, config)
         text = read_text_option(args.text)
         if args.json and (reason := unwritable_reason(Path(args.json).parent, "--json")):
             raise VerificationInputError(f"--json {args.json}: {reason}")

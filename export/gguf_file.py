@@ -27,6 +27,7 @@ class GGUFFile:
     file_type: str  # llama.cpp's name for the file's type: F16, Q8_0, Q4_K_M, ...
     parameters: int
     size_bytes: int
+    vocab_size: int | None  # the tokens of its vocabulary (None when it carries none)
 
     @property
     def bits_per_weight(self) -> float:
@@ -62,12 +63,14 @@ def read_gguf(path: str | Path) -> GGUFFile:
         raise GGUFFileError(f"{path} holds no tensors (a vocabulary-only file?): pass a model's GGUF file")
     field = reader.fields.get("general.file_type")
     architecture = reader.fields.get("general.architecture")
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
     return GGUFFile(
         path=path,
         architecture=architecture.contents() if architecture else "unknown",
         file_type=file_type_name(int(field.contents())) if field else "unknown",
         parameters=sum(int(tensor.n_elements) for tensor in reader.tensors),
         size_bytes=size,
+        vocab_size=len(tokens.data) if tokens else None,
     )
 
 

@@ -230,3 +230,12 @@ def test_a_bad_text_file_is_named(tmp_path):
         verify_module.read_text_file(tmp_path / "blank.txt")
     with pytest.raises(VerificationInputError, match="missing.txt does not exist"):
         verify_module.read_text_file(tmp_path / "missing.txt")
+
+
+@pytest.mark.slow
+def test_a_file_of_another_model_is_refused_before_any_model_runs(tiny, tmp_path, capsys, smollm2):
+    _, f16, _, _ = tiny
+    assert main(["verify", str(f16), "--reference", str(smollm2)]) == 2
+    err = capsys.readouterr().err
+    assert f"proofkd verify: {f16} has 640 vocabulary rows and {smollm2} has 49152" in err
+    assert "pass the HF folder it came from as --reference" in err
