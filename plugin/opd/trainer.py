@@ -166,9 +166,10 @@ class OPDTrainer(AxolotlGRPOTrainer):
         mode = "train" if self.model.training else "eval"
         on = completion_mask.bool()
         teacher_logps = teacher.logps.to(student.logps.device)
-        sums = [kl_estimate(student.logps, teacher_logps, k, self.opd.clamp)[on].sum() for k in ("k1", "k2", "k3")]
+        estimates = {k: kl_estimate(student.logps, teacher_logps, k, self.opd.clamp) for k in ("k1", "k2", "k3")}
+        sums = [estimate[on].sum() for estimate in estimates.values()]
         sums += [student.logps[on].sum(), teacher_logps[on].sum()]
-        self._log_spans(mode, kl_estimate(student.logps, teacher_logps, "k1", self.opd.clamp), on, derivation)
+        self._log_spans(mode, estimates["k1"], on, derivation)
         if self.opd.topk and teacher.topk_ids is not None:
             s_mass, t_mass = overlap_mass(
                 student, TokenScores(teacher_logps, teacher.topk_ids.to(on.device), teacher.topk_logps.to(on.device))
