@@ -28,11 +28,10 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from proofkd.core.data.stem import generate
 from proofkd.core.io import atomic_path
-from proofkd.core.templates import render_stage1
 
 from .convert import read_checkpoint
+from .verify import stage1_text
 
 DEFAULT_CHUNK_SIZE = 512
 DEFAULT_CHUNKS = 4
@@ -40,10 +39,8 @@ DEFAULT_DATASET = "proofkd generated STEM problems, train split, Stage-1 templat
 
 
 def calibration_text(rows: int = 96, seed: int = 7) -> str:
-    """Training-split problems rendered in the Stage-1 template, one after another."""
-    return "\n\n".join(
-        render_stage1(r["question"], r["CoT"], r["response"]).text for r in generate("train", rows, seed)
-    )
+    """The default calibration text: training-split problems in the Stage-1 template."""
+    return stage1_text("train", rows, seed)
 
 
 @dataclass(frozen=True)

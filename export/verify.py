@@ -91,11 +91,14 @@ class VerificationInputError(ValueError):
     """A verification text or setting that cannot be used; the message says why and the fix."""
 
 
+def stage1_text(split: str, rows: int, seed: int) -> str:
+    """`rows` generated problems of `split` rendered in the Stage-1 template, one after another."""
+    return "\n\n".join(render_stage1(r["question"], r["CoT"], r["response"]).text for r in generate(split, rows, seed))
+
+
 def heldout_text(rows: int = 48, seed: int = 0) -> str:
-    """Held-out problems rendered in the Stage-1 template, one after another."""
-    return "\n\n".join(
-        render_stage1(r["question"], r["CoT"], r["response"]).text for r in generate("heldout", rows, seed)
-    )
+    """The default verification text: held-out problems, disjoint from any training split's."""
+    return stage1_text("heldout", rows, seed)
 
 
 def heldout_prompt(seed: int = 1) -> str:
